@@ -1,0 +1,15 @@
+"""Barlow Twins' views (Zbontar et al. 2021, Appendix; facebookresearch/barlowtwins `Transform`):
+the same asymmetric pair as BYOL — random resized crop, flip, colour jitter (0.4, 0.4, 0.2, 0.1;
+p 0.8), grayscale (p 0.2), then blur with p 1.0 / 0.1 and solarization with p 0.0 / 0.2 for the
+first / second view."""
+
+from __future__ import annotations
+
+from common.augment import TwoViews
+
+
+class BarlowTwinsViews(TwoViews):
+    """[y1, y2] for one PIL image, at the training image size."""
+
+    def __init__(self, args):
+        super().__init__(args.image_size)

@@ -1,0 +1,15 @@
+"""BYOL's views (Grill et al. 2020, Table 6): two random crops of the same image with flip,
+colour jitter (0.4, 0.4, 0.2, 0.1; p 0.8) and grayscale (p 0.2), made asymmetric on purpose —
+view 1 is always blurred and never solarized, view 2 is blurred with p 0.1 and solarized with
+p 0.2."""
+
+from __future__ import annotations
+
+from common.augment import TwoViews
+
+
+class BYOLViews(TwoViews):
+    """[view1, view2] for one PIL image, at the training image size."""
+
+    def __init__(self, args):
+        super().__init__(args.image_size)

@@ -1,0 +1,1 @@
+"""Thin shared utilities every method stands on (see docs/ARCHITECTURE.md)."""

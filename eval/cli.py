@@ -1,0 +1,146 @@
+"""What every evaluation script shares: options, checkpoint and dataset loading, the JSON result.
+
+Each script takes `--checkpoint PATH` (any method's checkpoint in the common format), `--data` /
+`--data-root` (the registry), `--out DIR`, `--device`, `--image-size` (default: the size the
+checkpoint was trained at), writes its numbers to `<out>/<name>.json` and prints the same JSON
+object as the last line of stdout, so that run_all.sh and the report can read either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def base_parser(description: str, multi_checkpoint: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    if multi_checkpoint:
+        p.add_argument("--checkpoint", required=True, nargs="+", metavar="PATH",
+                       help="one or more checkpoints in the ssl-lab format (e.g. a run's snapshots/*.pt)")
+    else:
+        p.add_argument("--checkpoint", required=True, metavar="PATH",
+                       help="checkpoint.pt of any method's run (or a snapshot)")
+    p.add_argument("--data", default="shapes", help="dataset registry name or path")
+    p.add_argument("--data-root", default=None, help="dataset root (default: $SSL_DATA or ./data)")
+    p.add_argument("--out", default=None,
+                   help="output folder for JSON and PNG (default: <checkpoint folder>/eval)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size (default: the checkpoint's training image size)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size for feature extraction")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-train", type=int, default=None,
+                   help="use at most N train images (evenly spaced over the split; smoke runs)")
+    p.add_argument("--max-test", type=int, default=None,
+                   help="use at most N test images (evenly spaced over the split; smoke runs)")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache folder (default: <out>/features)")
+    return p
+
+
+def check_positive(args, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def open_checkpoint(path, device: torch.device):
+    """(backbone in eval mode, checkpoint) or a one-line SystemExit."""
+    from common.checkpoint import CheckpointError, load_backbone
+
+    try:
+        return load_backbone(path, device)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        # A dict with the right format tag whose backbone does not rebuild or load.
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SystemExit(f"error: {path} has a backbone that does not load ({msg}); "
+                         "is it a checkpoint from this version of ssl-lab?") from None
+
+
+def open_dataset(name: str, root, split: str, need_labels: bool = False, need_masks: bool = False):
+    from common.datasets import DatasetError, build_dataset
+
+    try:
+        ds = build_dataset(name, root, split=split)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}") from None
+    if len(ds) == 0:
+        raise SystemExit(f"error: the {split} split of {name!r} has no images")
+    if need_labels and not ds.classes:
+        raise SystemExit(f"error: the {split} split of {name!r} has no labels; this evaluation needs a "
+                         "labelled dataset (e.g. --data shapes, cifar10, imagenette)")
+    if need_masks and not getattr(ds, "has_masks", False):
+        raise SystemExit(f"error: {name!r} has no segmentation masks; use --data shapes, voc2012 or "
+                         "coco with semantic_segmentation")
+    return ds
+
+
+def default_image_size(ckpt: dict) -> int:
+    """The image size the checkpoint was trained at: its args, else its backbone kwargs."""
+    size = (ckpt.get("args") or {}).get("image_size")
+    return int(size) if size else int(ckpt["backbone_kwargs"].get("image_size", 224))
+
+
+def out_dir(args, checkpoint) -> Path:
+    first = checkpoint[0] if isinstance(checkpoint, (list, tuple)) else checkpoint
+    out = Path(args.out) if args.out else Path(first).resolve().parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def cache_dir(args, out: Path) -> Path:
+    return Path(args.cache_dir) if args.cache_dir else out / "features"
+
+
+def checkpoint_info(path, ckpt: dict) -> dict:
+    """What the JSON says about the network it judged."""
+    return {"checkpoint": str(path), "method": ckpt.get("method"), "arch": ckpt.get("arch"),
+            "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
+            "backbone_kwargs": ckpt.get("backbone_kwargs")}
+
+
+def data_info(args, image_size: int) -> dict:
+    return {"data": args.data, "data_root": args.data_root, "image_size": image_size,
+            "max_train": args.max_train, "max_test": args.max_test}
+
+
+def environment() -> dict:
+    return {"torch": torch.__version__, "python": platform.python_version()}
+
+
+def emit(result: dict, out: Path, name: str) -> dict:
+    """Write `<out>/<name>.json` (atomically) and print the same object as the last stdout line."""
+    result = {**result, "environment": environment()}
+    path = out / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> str:
+    plt = pyplot()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)

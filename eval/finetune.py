@@ -1,0 +1,203 @@
+"""Few-label fine-tuning versus supervised training from scratch (seed 003, "DINO vs supervised on
+20 % of Imagenette").
+
+The whole backbone plus a linear head is trained with cross-entropy on `--label-fraction` of the
+train labels (per class, at least one image each, drawn with `--seed`). Started from the
+checkpoint's backbone, this measures what self-supervised pre-training buys; with `--from-scratch`
+the same architecture (the checkpoint's `backbone_kwargs`, random initialisation) is trained on the
+same labels with the same schedule, which is the no-pre-training baseline.
+
+Schedule (both ways, seed 003's settings): AdamW, lr `--lr` with `--warmup-epochs` of linear
+warm-up then cosine to 1e-6, weight decay 1e-4 (not on biases and norms), 50 epochs, batch 64;
+augmentation: random-resized crops (area `--crop-scale`..1) and horizontal flips; test images:
+the eval transform (resize + centre crop). Reported: top-1 / top-5 on the test split after the
+last epoch (never the best epoch, which would select on the test set).
+
+    python eval/finetune.py --checkpoint runs/dino/imagenette-resnet18/checkpoint.pt --label-fraction 0.2
+    python eval/finetune.py --checkpoint runs/dino/imagenette-resnet18/checkpoint.pt --label-fraction 0.2 \
+        --from-scratch
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python eval/finetune.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from common.augment import MEAN, STD, eval_transform
+from common.backbones import build_backbone
+from common.optim import param_groups
+from common.runtime import amp_dtype, resolve_device, seed_everything
+from common.schedules import cosine_schedule
+from eval import cli
+from eval.features import Transformed, subset_indices
+from eval.knn import topk_accuracy
+from eval.linear import new_head, sample_label_fraction
+
+
+class Classifier(nn.Module):
+    """Backbone + linear head on its features."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = new_head(backbone.embed_dim, num_classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def train_transform(image_size: int, crop_scale: float) -> v2.Compose:
+    return v2.Compose([
+        v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), interpolation=v2.InterpolationMode.BICUBIC,
+                             antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD),
+    ])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device, autocast) -> dict[int, float]:
+    model.eval()
+    preds, labels = [], []
+    for images, y in loader:
+        with autocast():
+            logits = model(images.to(device))
+        preds.append(logits.float().topk(min(5, logits.shape[1]), dim=1).indices.cpu())
+        labels.append(torch.as_tensor(y))
+    return topk_accuracy(torch.cat(preds), torch.cat(labels))
+
+
+def main(argv=None) -> dict:
+    p = cli.base_parser("Fine-tune a checkpoint's backbone + linear head on a label fraction "
+                        "(or train the same architecture from scratch).")
+    p.add_argument("--label-fraction", type=float, default=0.2,
+                   help="fraction of labelled train images per class (seed 003: 0.2)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="random initialisation of the same architecture (supervised baseline)")
+    p.add_argument("--epochs", type=int, default=50, help="training epochs (seed 003: 50)")
+    p.add_argument("--lr", type=float, default=5e-4, help="AdamW peak learning rate (seed 003: 1e-3 / 1e-4)")
+    p.add_argument("--min-lr", type=float, default=1e-6, help="cosine schedule's final learning rate")
+    p.add_argument("--warmup-epochs", type=float, default=2, help="linear warm-up epochs")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (seed 003: 1e-4)")
+    p.add_argument("--train-batch-size", type=int, default=64, help="training batch size")
+    p.add_argument("--crop-scale", type=float, default=0.25, help="smallest random-resized-crop area")
+    p.add_argument("--eval-every", type=int, default=1, help="test accuracy every N epochs (the curve)")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                   help="mixed precision (auto: bf16/fp16 on CUDA, off on CPU)")
+    p.add_argument("--name", default=None,
+                   help="result name (default: finetune-<pretrained|scratch>-<label fraction>)")
+    args = p.parse_args(argv)
+    cli.check_positive(args, "batch_size", "max_train", "max_test", "image_size", "epochs", "train_batch_size",
+                       "eval_every")
+    if not 0 < args.label_fraction <= 1:
+        raise SystemExit("error: --label-fraction must be in (0, 1], e.g. 0.2")
+    if not 0 < args.crop_scale <= 1:
+        raise SystemExit("error: --crop-scale must be in (0, 1]")
+
+    device = resolve_device(args.device)
+    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device)
+    image_size = args.image_size or cli.default_image_size(ckpt)
+    out = cli.out_dir(args, args.checkpoint)
+    mode = "scratch" if args.from_scratch else "pretrained"
+    name = args.name or f"finetune-{mode}-{args.label_fraction:g}"
+    train_set = cli.open_dataset(args.data, args.data_root, "train", need_labels=True)
+    test_set = cli.open_dataset(args.data, args.data_root, "test", need_labels=True)
+
+    seed_everything(args.seed)
+    train_idx = np.asarray(subset_indices(len(train_set), args.max_train))
+    targets = np.asarray(train_set.targets)[train_idx]
+    chosen = train_idx[sample_label_fraction(targets, args.label_fraction, args.seed)].tolist()
+    test_idx = [i for i in subset_indices(len(test_set), args.max_test) if test_set.targets[i] >= 0]
+    num_classes = max(len(train_set.classes), int(targets.max()) + 1)
+
+    if args.from_scratch:
+        backbone = build_backbone(**ckpt["backbone_kwargs"]).to(device)  # same kwargs, random weights
+    model = Classifier(backbone, num_classes).to(device)
+
+    batch = min(args.train_batch_size, len(chosen))
+    gen = torch.Generator().manual_seed(args.seed)
+    # BatchNorm cannot train on a batch of one: drop a last batch of a single image.
+    train_loader = DataLoader(Transformed(train_set, chosen, train_transform(image_size, args.crop_scale)),
+                              batch_size=batch, shuffle=True, generator=gen, num_workers=args.workers,
+                              drop_last=len(chosen) % batch == 1 and len(chosen) > 1)
+    test_loader = DataLoader(Transformed(test_set, test_idx, eval_transform(image_size)),
+                             batch_size=args.batch_size, num_workers=args.workers)
+    steps = len(train_loader)
+    lr_schedule = cosine_schedule(args.lr, args.min_lr, args.epochs, steps, args.warmup_epochs)
+    groups = param_groups(model)
+    for g in groups:
+        g["weight_decay"] = 0.0 if g.get("apply_wd") is False else args.weight_decay
+    opt = torch.optim.AdamW(groups, lr=args.lr)
+    dtype = amp_dtype(args.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    curve = {"epoch": [], "train_loss": [], "test_top1": []}
+    it = 0
+    for epoch in range(args.epochs):
+        model.train()
+        total, n = 0.0, 0
+        for images, labels in train_loader:
+            images, labels = images.to(device), torch.as_tensor(labels, device=device)
+            for g in opt.param_groups:
+                g["lr"] = lr_schedule[it]
+            with autocast():
+                loss = F.cross_entropy(model(images).float(), labels)
+            if not math.isfinite(loss.item()):
+                raise SystemExit(f"error: the loss is {loss.item()} at epoch {epoch + 1}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            total, n, it = total + loss.item() * len(labels), n + len(labels), it + 1
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            curve["epoch"].append(epoch + 1)
+            curve["train_loss"].append(total / max(n, 1))
+            acc = evaluate(model, test_loader, device, autocast)  # the last epoch is always evaluated
+            curve["test_top1"].append(acc[1])
+
+    fig_path = _plot(curve, out / f"{name}.png", ckpt, mode, args.label_fraction)
+    return cli.emit({
+        "eval": "finetune", **cli.checkpoint_info(args.checkpoint, ckpt), **cli.data_info(args, image_size),
+        "init": "random (from scratch, supervised baseline)" if args.from_scratch else "checkpoint backbone",
+        "from_scratch": bool(args.from_scratch),
+        "protocol": {"model": "backbone + nn.Linear head, all parameters trained", "loss": "cross-entropy",
+                     "optimizer": "AdamW (no weight decay on biases and norms)", "lr": args.lr,
+                     "lr_schedule": f"{args.warmup_epochs:g} warm-up epochs, cosine to {args.min_lr:g}",
+                     "weight_decay": args.weight_decay, "epochs": args.epochs, "batch_size": batch,
+                     "augmentation": f"RandomResizedCrop(scale=({args.crop_scale}, 1)) + horizontal flip",
+                     "label_fraction": args.label_fraction, "label_sampling": "per class, >= 1 per class",
+                     "seed": args.seed, "amp": str(dtype).replace("torch.", "") if dtype else "off",
+                     "reported": "test split after the last epoch", "unit": "percent"},
+        "n_labelled": len(chosen), "n_test": len(test_idx), "num_classes": num_classes,
+        "top1": acc[1], "top5": acc[5], "curve": curve, "figure": fig_path,
+    }, out, name)
+
+
+def _plot(curve: dict, path, ckpt: dict, mode: str, fraction: float) -> str:
+    plt = cli.pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax_loss.plot(curve["epoch"], curve["train_loss"], "o-", ms=3)
+    ax_loss.set(xlabel="epoch", ylabel="train cross-entropy", title=f"{mode}, {fraction:.0%} of the labels")
+    ax_acc.plot(curve["epoch"], curve["test_top1"], "o-", ms=3)
+    ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{ckpt.get('method')} {ckpt.get('arch')}")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    return cli.save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()

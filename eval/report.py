@@ -1,0 +1,598 @@
+"""Assemble REPORT.md (and its figures beside it) from what `./run_all.sh` recorded.
+
+Reads the pipeline's manifest (`<out>/pipeline.json`: every step, its command, status and marker)
+and, for each step, its result JSON (the evaluation scripts' output) and the run directories
+(`config.json`, `metrics.jsonl`, the figures the methods draw). Writes `<out>/REPORT.md` and
+`<out>/figures/`: the results table (mean ± std over seeds), the training and collapse curves of
+all methods on shared axes, and copies of every evaluation and method figure. Anything that did
+not run is listed in "Not run" with the reason, never dropped.
+
+    python eval/report.py --out reports          # re-assemble from reports/pipeline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python eval/report.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+METHOD_ORDER = ("dino", "byol", "barlow_twins", "dino_twins", "jigsaw", "colorization")
+TITLES = {"dino": "DINO", "byol": "BYOL", "barlow_twins": "Barlow Twins", "dino_twins": "DINO-Twins",
+          "jigsaw": "Jigsaw", "colorization": "Colorization"}
+# (column, evaluation, how to read the number from its JSON)
+COLUMNS = (
+    ("kNN@20 top-1", "knn", lambda j: _get(j, "by_k", "20", "top1", default=j.get("top1"))),
+    ("linear 10 %", "linear", lambda j: _get(j, "by_label_fraction", "0.1", "top1")),
+    ("linear 100 %", "linear", lambda j: _get(j, "by_label_fraction", "1", "top1")),
+    ("fine-tune 20 %", "finetune", lambda j: j.get("top1")),
+    ("supervised from scratch 20 %", "scratch", lambda j: j.get("top1")),
+    ("retrieval P@5", "retrieval", lambda j: j.get("precision_at_5")),
+    ("Jaccard (best head)", "jaccard", lambda j: j.get("jaccard")),
+)
+RUN_FIGURES = ("loss.png", "knn.png", "diagnostics.png")  # every run's, drawn by the engine
+COLLAPSE = re.compile(r"(std|entropy|^kl$|diag)")
+OK = ("ok", "done")
+
+
+def _get(d, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _load(path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, TypeError, json.JSONDecodeError):
+        return None
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    rows = []
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n − 1), None for a single value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def fmt(values: list[float]) -> str:
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not values:
+        return "—"
+    mean, std = mean_std(values)
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f} (n={len(values)})"
+
+
+def _rel(path: Path, out: Path) -> str:
+    return Path(path).relative_to(out).as_posix()
+
+
+class Report:
+    def __init__(self, manifest: dict, out: Path):
+        self.m, self.out = manifest, Path(out)
+        self.fig_dir = self.out / "figures"
+        self.steps = manifest["steps"]
+        self.by_id = {s["id"]: s for s in self.steps}
+        self.lines: list[str] = []
+
+    # --- data -------------------------------------------------------------------------------------
+    def result(self, step: dict) -> dict | None:
+        marker = step.get("marker") or {}
+        if step["status"] not in OK or not marker.get("result") or step["kind"] == "train":
+            return None
+        return _load(marker["result"])
+
+    def find(self, row: str, kind: str, seed: int | None = None) -> list[dict]:
+        return [s for s in self.steps if s["row"] == row and s["kind"] == kind and (seed is None or s["seed"] == seed)]
+
+    def methods(self) -> list[str]:
+        return [m for m in METHOD_ORDER if m in self.m["methods"]]
+
+    def arch_of(self, method: str) -> str | None:
+        return (self.m["settings"]["train"].get(method) or [None])[0]
+
+    def run_dir(self, method: str, seed: int) -> Path | None:
+        steps = self.find(method, "train", seed)
+        return Path(steps[0]["out"]) if steps else None
+
+    def copy(self, src: Path, *parts: str) -> Path:
+        dst = self.fig_dir.joinpath(*parts)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        return dst
+
+    def image(self, src: Path, alt: str, *parts: str) -> str:
+        return f"![{alt}]({_rel(self.copy(src, *parts), self.out)})"
+
+    def status_word(self, steps: list[dict]) -> str:
+        bad = [s["status"] for s in steps if s["status"] not in OK]
+        return f"*{bad[0]}*" if bad else "—"
+
+    # --- sections ---------------------------------------------------------------------------------
+    def write(self) -> Path:
+        if self.fig_dir.exists():
+            shutil.rmtree(self.fig_dir)
+        self.fig_dir.mkdir(parents=True)
+        for section in (self.header, self.results, self.curves, self.collapse, self.tsne, self.retrieval,
+                        self.attention, self.colourisations, self.puzzles, self.cross_correlation,
+                        self.other_figures, self.settings, self.runs, self.not_run):
+            section()
+            self.lines.append("")
+        path = self.out / "REPORT.md"
+        path.write_text("\n".join(self.lines).rstrip() + "\n")
+        return path
+
+    def add(self, *lines: str):
+        self.lines.extend(lines)
+
+    def header(self):
+        m, host = self.m, self.m.get("host", {})
+        compute = sum((s.get("marker") or {}).get("wall_s") or 0 for s in self.steps)
+        self.add("# ssl-lab report", "",
+                 f"Profile **{m['profile']}**; methods {', '.join(TITLES.get(x, x) for x in self.methods())}; "
+                 f"seeds {', '.join(map(str, m['seeds']))}; training and evaluation data `{m['data']}` "
+                 f"(evaluation: `{m['eval_data']}`, masks: `{m['mask_data']}`).", "",
+                 f"- regenerate: `{m['command']}`",
+                 f"- generated: {time.strftime('%Y-%m-%d %H:%M:%S')} (this invocation started {m['started']}, "
+                 f"took {m['wall_s']:.0f} s)",
+                 f"- compute time of all steps (as they ran, resumed ones included): {compute / 60:.1f} min",
+                 f"- host: {host.get('platform')}, {host.get('cpus')} CPUs, Python {host.get('python')}, "
+                 f"torch {host.get('torch')}, device option `{m['device']}`, launcher `{m['launcher']}`",
+                 f"- steps: {self._counts()}")
+
+    def _counts(self) -> str:
+        counts: dict[str, int] = {}
+        for s in self.steps:
+            counts[s["status"]] = counts.get(s["status"], 0) + 1
+        return ", ".join(f"{v} {k}" for k, v in counts.items())
+
+    def results(self):
+        self.add("## Results", "",
+                 "Top-1 accuracy (%) on the test split of the evaluation data; Jaccard index (%) of the 60 % "
+                 "attention-mass masks (DINO protocol: best head per object). Mean ± sample standard deviation "
+                 "over seeds when several ran. kNN: k = 20, T = 0.07, cosine on L2-normalised features. Linear: "
+                 "probe on frozen features with 10 % / 100 % of the labels (per class). Fine-tune: whole backbone "
+                 "+ linear head on 20 % of the labels; *supervised from scratch*: the same backbone, random "
+                 "initialisation, same 20 % and schedule (seed 003's comparison). Baseline rows: the randomly "
+                 "initialised network of each backbone (the first run's epoch-0 snapshot) and supervised training. "
+                 "`—`: does not apply (e.g. Jaccard needs a ViT); *failed* / *blocked* / *missing*: see Not run.",
+                 "")
+        header = ["method", "backbone", *(c[0] for c in COLUMNS)]
+        self.add("| " + " | ".join(header) + " |", "|" + "---|" * len(header))
+        table = {}
+        for method in self.methods():
+            arch = self.arch_of(method)
+            cells = []
+            for name, kind, read in COLUMNS:
+                row = f"supervised {arch}" if kind == "scratch" else method
+                steps = self.find(row, kind)
+                values = [read(j) for s in steps if (j := self.result(s))]
+                cell = fmt(values)
+                if cell == "—" and steps:
+                    cell = self.status_word(steps)
+                cells.append(cell)
+                table.setdefault(method, {})[name] = values
+            self.add(f"| {TITLES[method]} | {arch} | " + " | ".join(cells) + " |")
+        for arch in dict.fromkeys(self.arch_of(m) for m in self.methods()):
+            cells = []
+            for name, kind, read in COLUMNS:
+                if kind in ("knn", "linear"):
+                    steps = self.find(f"random init {arch}", kind)
+                    values = [read(j) for s in steps if (j := self.result(s))]
+                elif kind == "jaccard":
+                    steps = [s for m in self.methods() if self.arch_of(m) == arch for s in self.find(m, kind)]
+                    values = [_get(j, "rows", "random_init", "dino_best_head") for s in steps if (j := self.result(s))]
+                else:
+                    steps, values = [], []
+                cell = fmt(values)
+                cells.append(self.status_word(steps) if cell == "—" and steps else cell)
+                table.setdefault(f"random init {arch}", {})[name] = values
+            self.add(f"| random init (baseline) | {arch} | " + " | ".join(cells) + " |")
+        self.add("")
+        path = self._results_figure(table)
+        if path:
+            self.add(f"![results]({_rel(path, self.out)})", "",
+                     "*Figure: the table as bars (mean over seeds); fine-tuning from each method's backbone "
+                     "versus the same backbone trained from scratch on the same 20 % of the labels.*")
+
+    def _results_figure(self, table: dict) -> Path | None:
+        plt = _pyplot()
+        names = [c[0] for c in COLUMNS if c[1] != "jaccard" and c[1] != "retrieval"]
+        rows = [r for r in table if any(table[r].get(n) for n in names)]
+        if not rows:
+            return None
+        fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(rows) + 2), 4))
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            heights = [mean_std(v)[0] if (v := [x for x in table[r].get(name, []) if x is not None]) else 0
+                       for r in rows]
+            ax.bar([k + i * width for k in range(len(rows))], heights, width, label=name)
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(rows))],
+                      [TITLES.get(r, r) for r in rows], rotation=20, ha="right")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(f"Results on {self.m['eval_data']} ({self.m['profile']} profile)")
+        ax.legend(fontsize=8, ncol=2)
+        ax.grid(axis="y", alpha=0.3)
+        return _save(fig, self.fig_dir / "results.png")
+
+    def _series(self, method, seed):
+        run = self.run_dir(method, seed)
+        return _metrics(run) if run else []
+
+    def curves(self):
+        self.add("## Training curves", "")
+        plt = _pyplot()
+        fig, (ax_loss, ax_knn) = plt.subplots(1, 2, figsize=(12, 4.2))
+        any_loss = any_knn = False
+        for c, method in enumerate(self.methods()):
+            for n, seed in enumerate(self.m["seeds"]):
+                rows = self._series(method, seed)
+                steps = [r for r in rows if isinstance(r.get("loss"), (int, float)) and "epoch" in r]
+                label = TITLES[method] if n == 0 else None
+                if steps and math.isfinite(steps[0]["loss"]) and steps[0]["loss"] != 0:
+                    first = steps[0]["loss"]
+                    ax_loss.plot([r["epoch"] for r in steps], [r["loss"] / first for r in steps],
+                                 color=f"C{c}", lw=1.4 if n == 0 else 0.7, label=label)
+                    any_loss = True
+                knn = [r for r in rows if "knn_top1" in r and "loss" not in r]
+                if knn:
+                    ax_knn.plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], "o-", color=f"C{c}",
+                                lw=1.4 if n == 0 else 0.7, ms=3, label=label)
+                    any_knn = True
+        ax_loss.set(xlabel="epoch", ylabel="training loss / loss at the first logged step", yscale="log",
+                    title="Training loss of every method (relative: each loss has its own scale)")
+        ax_knn.set(xlabel="epoch", ylabel="kNN top-1 (%)", title=f"kNN monitor on {self.m['eval_data']} "
+                   "(k = 20, T = 0.07)")
+        for ax, present in ((ax_loss, any_loss), (ax_knn, any_knn)):
+            ax.grid(alpha=0.3)
+            if present:
+                ax.legend(fontsize=8)
+            else:
+                ax.text(0.5, 0.5, "nothing logged", ha="center", transform=ax.transAxes)
+        path = _save(fig, self.fig_dir / "curves.png")
+        self.add(f"![training curves]({_rel(path, self.out)})", "",
+                 "*Left: each method's training loss divided by its first logged value (log scale), so that "
+                 "losses of different scales share one axis; thin lines are further seeds. Right: the engine's "
+                 "kNN monitor after every epoch.* Each run's own loss (with validation loss) and kNN curves are "
+                 "in [Runs](#runs).")
+
+    def collapse(self):
+        self.add("## Collapse diagnostics", "")
+        keys: dict[str, list[str]] = {}
+        data = {}
+        for method in self.methods():
+            rows = [r for r in self._series(method, self.m["seeds"][0]) if "loss" in r]
+            data[method] = rows
+            for k in sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))}):
+                if COLLAPSE.search(k):
+                    keys.setdefault(k, []).append(method)
+        if not keys:
+            self.add("No run logged collapse diagnostics (see Not run).")
+            return
+        plt = _pyplot()
+        cols = min(3, len(keys))
+        nrows = math.ceil(len(keys) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.3 * nrows), squeeze=False)
+        for ax, (key, methods) in zip(axes.flat, keys.items()):
+            for method in methods:
+                rows = [r for r in data[method] if isinstance(r.get(key), (int, float)) and "epoch" in r]
+                ax.plot([r["epoch"] for r in rows], [r[key] for r in rows],
+                        color=f"C{self.methods().index(method)}", label=TITLES[method])
+            ax.set(title=key, xlabel="epoch")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(keys):]:
+            ax.axis("off")
+        fig.suptitle(f"Collapse diagnostics (seed {self.m['seeds'][0]})")
+        path = _save(fig, self.fig_dir / "collapse.png")
+        self.add(f"![collapse diagnostics]({_rel(path, self.out)})", "",
+                 "*`feature_std` / `z_std`: standard deviation of L2-normalised features or embeddings per "
+                 "dimension (≈ 1/√d when healthy, 0 when collapsed); `teacher_entropy` and `kl` (DINO): entropy "
+                 "of the teacher's output and KL(teacher ‖ student), the two curves of DINO's collapse study — "
+                 "KL → 0 means collapse; `c_on_diag` → 1 and `c_off_diag` → 0 (Barlow Twins): the "
+                 "cross-correlation approaches the identity.*")
+
+    def _eval_figures(self, title: str, kind: str, caption):
+        self.add(f"## {title}", "")
+        seed = self.m["seeds"][0]
+        for method in self.methods():
+            steps = self.find(method, kind, seed)
+            if not steps:
+                continue
+            step = steps[0]
+            j = self.result(step)
+            pngs = sorted(Path(step["out"]).glob("*.png")) if j else []
+            if not pngs:
+                self.add(f"- {TITLES[method]}: *{step['status']}* (see Not run)")
+                continue
+            self.add(f"### {TITLES[method]}", "")
+            for png in pngs:
+                self.add(self.image(png, f"{method} {kind}", f"{method}-s{seed}", png.name), "")
+            self.add(caption(j), "")
+
+    def tsne(self):
+        def caption(j):
+            parts = [f"{c.get('title')}: silhouette {c['silhouette_cosine']:.2f}"
+                     for c in j.get("checkpoints", []) if c.get("silhouette_cosine") is not None]
+            return (f"*t-SNE of {j.get('checkpoints', [{}])[0].get('n_points', '?')} test images of {j.get('data')} "
+                    f"coloured by class, at the snapshots of the run (initialisation = epoch 0, epoch 1, the middle "
+                    f"and the last epoch). Silhouette of the classes in feature space (cosine, −1…1): "
+                    f"{'; '.join(parts) or 'n/a'}.*")
+        self._eval_figures("t-SNE over epochs", "tsne", caption)
+
+    def retrieval(self):
+        def caption(j):
+            p = j.get("precision_at_5")
+            return (f"*First column: query images from the test split; then their 5 nearest neighbours in the train "
+                    f"split by cosine similarity of the backbone features, with labels and similarities. "
+                    f"Precision@5 over all {j.get('n_queries')} queries: "
+                    f"{'n/a' if p is None else f'{p:.1f} %'}.*")
+        self._eval_figures("Nearest-neighbour retrieval", "retrieval", caption)
+
+    def attention(self):
+        self.add("## Attention maps and masks", "")
+        seed = self.m["seeds"][0]
+        vit = [m for m in self.methods() if (self.arch_of(m) or "").startswith("vit")]
+        others = [TITLES[m] for m in self.methods() if m not in vit]
+        if others:
+            self.add(f"Not applicable to {', '.join(others)}: a ResNet backbone has no self-attention.", "")
+        for method in vit:
+            self.add(f"### {TITLES[method]} ({self.arch_of(method)})", "")
+            for kind, caption in (("attention", self._attention_caption), ("jaccard", self._jaccard_caption)):
+                steps = self.find(method, kind, seed)
+                j = self.result(steps[0]) if steps else None
+                if not j:
+                    self.add(f"- {kind}: *{steps[0]['status'] if steps else 'not run'}* (see Not run)", "")
+                    continue
+                for png in sorted(Path(steps[0]["out"]).glob("*.png")):
+                    self.add(self.image(png, f"{method} {kind}", f"{method}-s{seed}", png.name), "")
+                self.add(caption(j), "")
+
+    @staticmethod
+    def _attention_caption(j):
+        return (f"*Last-layer CLS self-attention of each of the {j.get('num_heads')} heads and their maximum, "
+                f"overlaid on test images, with the masks that keep {j.get('protocol', {}).get('mass', 0.6):.0%} "
+                "of the attention mass (seed 003, figures 9–10).*")
+
+    @staticmethod
+    def _jaccard_caption(j):
+        rows = j.get("rows", {})
+        text = [f"{name.replace('_', ' ')}: best head {r.get('dino_best_head', float('nan')):.1f}, "
+                f"largest object (max-head mask) {_get(r, 'largest_class', 'head_max', default=float('nan')):.1f}, "
+                f"union of objects {_get(r, 'union_of_classes', 'head_max', default=float('nan')):.1f}"
+                for name, r in rows.items()]
+        return (f"*Jaccard index (%) of the 60 % attention-mass masks against the ground-truth masks of "
+                f"{j.get('n_images')} `{j.get('data')}` images — {'; '.join(text)}. Columns: image, ground truth, "
+                "the best head's mask, the mask of the maximum over heads.*")
+
+    def _method_pngs(self, method: str, seed: int) -> list[Path]:
+        run = self.run_dir(method, seed)
+        if not run or not run.exists():
+            return []
+        return sorted(p for p in run.glob("*.png") if p.name not in RUN_FIGURES)
+
+    def _method_section(self, title: str, owners: tuple[str, ...], pattern: str, caption: str):
+        self.add(f"## {title}", "")
+        seed = self.m["seeds"][0]
+        shown = False
+        for method in self.methods():
+            pngs = [p for p in self._method_pngs(method, seed) if re.search(pattern, p.name)]
+            if not pngs:
+                if method in owners:
+                    train = self.find(method, "train", seed)
+                    status = train[0]["status"] if train else "not run"
+                    self.add(f"- {TITLES[method]}: " + ("the run drew no such figure" if status in OK
+                                                        else f"*{status}* (see Not run)"), "")
+                continue
+            for png in _thin(pngs):
+                self.add(f"**{TITLES[method]}** — `{png.name}`", "",
+                         self.image(png, f"{method} {png.stem}", f"{method}-s{seed}", png.name), "")
+                shown = True
+        missing = [TITLES[m] for m in owners if m not in self.methods()]
+        if missing:
+            self.add(f"{', '.join(missing)} was not part of this invocation (--methods).", "")
+        if shown:
+            self.add(caption)
+
+    def colourisations(self):
+        self._method_section("Colourisations", ("colorization",), r"colo", "*Grayscale input (the L channel), "
+                             "the predicted colours (annealed mean of the 313 ab bins, T = 0.38) and the ground "
+                             "truth, for held-out images.*")
+
+    def puzzles(self):
+        self._method_section("Jigsaw puzzles", ("jigsaw",), r"puzzle|jigsaw|tile", "*Shuffled tiles as the "
+                             "network sees them, the true order and the predicted permutation.*")
+
+    def cross_correlation(self):
+        self._method_section("Cross-correlation", ("barlow_twins", "dino_twins"), r"corr",
+                             "*Cross-correlation matrix C of the two views' batch-normalised embeddings (the first "
+                             "dimensions): Barlow Twins drives it to the identity.*")
+
+    def other_figures(self):
+        seed = self.m["seeds"][0]
+        rest = [(m, p) for m in self.methods() for p in self._method_pngs(m, seed)
+                if not re.search(r"colo|puzzle|jigsaw|tile|corr", p.name)]
+        if rest:
+            self.add("## Other method figures", "")
+            for method, png in _thin(rest, key=lambda mp: (mp[0], _series_key(mp[1]))):
+                self.add(f"**{TITLES[method]}** — `{png.name}`", "",
+                         self.image(png, f"{method} {png.stem}", f"{method}-s{seed}", png.name), "")
+
+    def settings(self):
+        s = self.m["settings"]
+        self.add("## Settings", "",
+                 f"Options every method's `train.py` got in the **{self.m['profile']}** profile: "
+                 f"`{s['common_train']}`. Everything not listed keeps the paper default documented in the "
+                 "script's `--help`.", "",
+                 "| method | backbone | method options |", "|---|---|---|")
+        for method in self.methods():
+            arch, options = s["train"][method]
+            self.add(f"| {TITLES[method]} | {arch} | `{options or '(paper defaults)'}` |")
+        self.add("", "| evaluation | options (profile) | options (protocol) |", "|---|---|---|")
+        for kind, options in s["protocol"].items():
+            prof = " ".join(x for x in (s["eval"].get("*", ""), s["eval"].get(
+                "finetune" if kind == "scratch" else kind, "")) if x)
+            self.add(f"| {kind} | `{prof or '—'}` | `{options or '—'}` |")
+
+    def runs(self):
+        self.add("## Runs", "",
+                 "Every training run: the exact command, where it ran, versions and wall time; its full "
+                 "configuration (every resolved option) is in the collapsed block, its curves below it.", "")
+        for method in self.methods():
+            for seed in self.m["seeds"]:
+                train = self.find(method, "train", seed)
+                if not train:
+                    continue
+                step = train[0]
+                run = Path(step["out"])
+                config = _load(run / "config.json") or {}
+                env = config.get("environment", {})
+                rows = _metrics(run)
+                stop = next((r for r in reversed(rows) if r.get("event") == "stop"), {})
+                speed = [r["img_per_s"] for r in rows if isinstance(r.get("img_per_s"), (int, float))]
+                marker = step.get("marker") or {}
+                self.add(f"### {TITLES[method]}, seed {seed} — {step['status']}", "",
+                         "```", step["command"], "```", "",
+                         f"- run directory: `{run}`",
+                         f"- device {config.get('device', '?')}, AMP {config.get('amp', '?')}, "
+                         f"{config.get('world_size', '?')} process(es); "
+                         f"{env.get('gpu') or (str(env.get('cpu_threads', '?')) + ' CPU threads')} on "
+                         f"{env.get('platform', '?')}",
+                         f"- versions: python {env.get('python', '?')}, torch {env.get('torch', '?')}, torchvision "
+                         f"{env.get('torchvision', '?')}, numpy {env.get('numpy', '?')}"
+                         + (f", CUDA {env['cuda']}" if env.get("cuda") else "")
+                         + f"; git commit {env.get('git_commit') or 'unknown'}",
+                         f"- {config.get('train_images', '?')} training images, {config.get('steps_per_epoch', '?')} "
+                         f"steps per epoch; stopped at step {stop.get('step', '?')} ({stop.get('reason', '?')}); "
+                         f"training wall time {stop.get('wall_time_s', '?')} s; step wall time "
+                         f"{marker.get('wall_s', '?')} s"
+                         + (f"; median {sorted(speed)[len(speed) // 2]:.0f} images/s" if speed else ""), "")
+                if config:
+                    self.add("<details><summary>config.json</summary>", "", "```json",
+                             json.dumps(config.get("args", config), indent=1, default=str), "```", "", "</details>", "")
+                for name in RUN_FIGURES:
+                    if (run / name).exists():
+                        self.add(self.image(run / name, f"{method} {name}", f"{method}-s{seed}", f"run-{name}"), "")
+                evals = [s for s in self.steps if s["row"] == method and s["seed"] == seed and s["kind"] != "train"]
+                if evals:
+                    self.add("| evaluation | status | wall time (s) | command |", "|---|---|---|---|")
+                    for s in evals:
+                        wall = (s.get("marker") or {}).get("wall_s")
+                        self.add(f"| {s['kind']} | {s['status']} | {'' if wall is None else wall} | "
+                                 f"`{s['command']}` |")
+                    self.add("")
+                for s in evals:
+                    j = self.result(s)
+                    extra = [p for p in sorted(Path(s["out"]).glob("*.png"))
+                             if s["kind"] in ("knn", "linear", "finetune")] if j else []
+                    for png in extra:
+                        self.add(self.image(png, f"{method} {png.stem}", f"{method}-s{seed}", png.name), "")
+        base = [s for s in self.steps if s["row"].startswith(("random init", "supervised"))]
+        if base:
+            self.add("### Baselines", "", "| step | status | wall time (s) | command |", "|---|---|---|---|")
+            for s in base:
+                wall = (s.get("marker") or {}).get("wall_s")
+                self.add(f"| {s['id']} | {s['status']} | {'' if wall is None else wall} | `{s['command']}` |")
+            self.add("")
+            for s in base:
+                j = self.result(s)
+                if j and s["kind"] == "scratch":
+                    for png in sorted(Path(s["out"]).glob("*.png")):
+                        self.add(self.image(png, s["id"], "baselines", f"{s['id'].replace('/', '-')}.png"), "")
+
+    def not_run(self):
+        self.add("## Not run", "")
+        bad = [s for s in self.steps if s["status"] not in OK]
+        skipped = [m for m in METHOD_ORDER if m not in self.m["methods"]]
+        vit_only = [TITLES[m] for m in self.methods() if not (self.arch_of(m) or "").startswith("vit")]
+        if not bad and not skipped:
+            self.add("Every step of this invocation succeeded.", "")
+        for s in bad:
+            log = (s.get("marker") or {}).get("log")
+            self.add(f"- **{s['id']}** — {s['status']}: {s['reason'] or 'no reason recorded'}"
+                     + (f" (log: `{log}`)" if log else "") + f"; command: `{s['command']}`")
+        for m in skipped:
+            self.add(f"- **{TITLES[m]}** — not selected in this invocation (`--methods`).")
+        if vit_only:
+            self.add(f"- attention maps and Jaccard for {', '.join(vit_only)} — not applicable (ResNet backbone).")
+
+
+def _series_key(path: Path) -> str:
+    return re.sub(r"\d+", "#", path.stem)
+
+
+def _thin(items, key=None, keep: int = 3):
+    """Of each numbered series (e.g. cross_correlation_epoch0001..0100), keep the first, the middle
+    and the last, so that a long run does not flood the report."""
+    key = key or _series_key
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    out = []
+    for group in groups.values():
+        if len(group) > keep:
+            group = [group[0], group[len(group) // 2], group[-1]]
+        out.extend(group)
+    return out
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(manifest: dict, out) -> Path:
+    """Write `<out>/REPORT.md` and `<out>/figures/` from a pipeline manifest; returns the report's path."""
+    return Report(manifest, Path(out)).write()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Assemble REPORT.md from the manifest ./run_all.sh wrote.")
+    p.add_argument("--out", default="reports", help="report folder (holds pipeline.json)")
+    p.add_argument("--manifest", default=None, help="pipeline manifest (default: <out>/pipeline.json)")
+    args = p.parse_args(argv)
+    path = Path(args.manifest or Path(args.out) / "pipeline.json")
+    manifest = _load(path)
+    if manifest is None:
+        raise SystemExit(f"error: {path} is missing or not JSON; run ./run_all.sh first (it writes it)")
+    print(write_report(manifest, args.out))
+
+
+if __name__ == "__main__":
+    main()

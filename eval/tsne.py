@@ -1,0 +1,118 @@
+"""t-SNE (van der Maaten & Hinton 2008, scikit-learn) of test-split features coloured by class, for
+one checkpoint or several side by side, e.g. a run's snapshots at initialisation, epoch 1, the
+middle and the last epoch (seed 000: "Epoch -1, 0, 5, 9").
+
+Each panel embeds the same test images; the JSON adds the silhouette score of the classes in the
+feature space (cosine), a number that follows what the eye sees in the panels.
+
+    python eval/tsne.py --checkpoint runs/dino/shapes-vit_tiny/snapshots/epoch*.pt
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python eval/tsne.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch.nn.functional as F
+from sklearn.manifold import TSNE
+from sklearn.metrics import silhouette_score
+
+from common.runtime import resolve_device
+from eval import cli
+from eval.features import cached_features, subset_indices
+
+
+def embed(feats: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> tuple[np.ndarray, float]:
+    """2-D t-SNE of L2-normalised features (PCA initialisation); perplexity is lowered to
+    (n - 1) / 3 for small sets, as t-SNE needs perplexity < n. Returns (n × 2, perplexity used)."""
+    n = len(feats)
+    perplexity = float(min(perplexity, max(1.0, (n - 1) / 3)))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    return tsne.fit_transform(feats.astype(np.float32)), perplexity
+
+
+def silhouette(feats: np.ndarray, labels: np.ndarray) -> float | None:
+    """Mean silhouette of the classes under cosine distance, in [-1, 1]; None for < 2 classes."""
+    if len(np.unique(labels)) < 2 or len(labels) <= len(np.unique(labels)):
+        return None
+    return float(silhouette_score(feats, labels, metric="cosine"))
+
+
+def main(argv=None) -> dict:
+    p = cli.base_parser("t-SNE of test features coloured by class, one panel per checkpoint.",
+                        multi_checkpoint=True)
+    p.add_argument("--titles", nargs="+", default=None, help="one panel title per checkpoint "
+                   "(default: method, arch and epoch)")
+    p.add_argument("--split", default="test", help="split to embed")
+    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (scikit-learn default: 30)")
+    p.add_argument("--name", default="tsne", help="result name")
+    args = p.parse_args(argv)
+    cli.check_positive(args, "batch_size", "max_test", "image_size")
+    if args.titles is not None and len(args.titles) != len(args.checkpoint):
+        raise SystemExit(f"error: --titles has {len(args.titles)} entries for {len(args.checkpoint)} checkpoints; "
+                         "give one title per checkpoint")
+    if args.perplexity <= 0:
+        raise SystemExit("error: --perplexity must be > 0")
+
+    device = resolve_device(args.device)
+    out = cli.out_dir(args, args.checkpoint)
+    ds = cli.open_dataset(args.data, args.data_root, args.split, need_labels=True)
+    indices = subset_indices(len(ds), args.max_test)
+
+    panels, records, image_size = [], [], None
+    for n, path in enumerate(args.checkpoint):
+        backbone, ckpt = cli.open_checkpoint(path, device)
+        size = args.image_size or cli.default_image_size(ckpt)
+        image_size = image_size or size
+        feats, labels, _ = cached_features(backbone, path, ds, args.data, args.data_root, args.split, size,
+                                           cli.cache_dir(args, out), indices, args.batch_size, args.workers, device)
+        del backbone
+        keep = labels >= 0
+        x = F.normalize(feats[keep], dim=1).numpy()
+        y = labels[keep].numpy()
+        xy, perplexity = embed(x, args.perplexity, args.seed)
+        title = args.titles[n] if args.titles else f"{ckpt.get('method')} {ckpt.get('arch')}, epoch {ckpt.get('epoch')}"
+        panels.append((xy, y, title))
+        records.append({**cli.checkpoint_info(path, ckpt), "title": title, "image_size": size,
+                        "n_points": int(len(y)), "perplexity": perplexity,
+                        "silhouette_cosine": silhouette(x, y)})
+
+    fig_path = _plot(panels, ds.classes, out / f"{args.name}.png", args.data)
+    return cli.emit({
+        "eval": "tsne", "data": args.data, "data_root": args.data_root, "split": args.split,
+        "image_size": image_size, "max_test": args.max_test,
+        "protocol": {"features": "backbone output of the eval transform, L2-normalised",
+                     "tsne": "scikit-learn TSNE, 2-D, PCA init, perplexity min(--perplexity, (n-1)/3)",
+                     "seed": args.seed, "silhouette": "sklearn silhouette_score, cosine, true classes"},
+        "checkpoints": records, "figure": fig_path,
+    }, out, args.name)
+
+
+def _plot(panels, classes, path, data: str) -> str:
+    plt = cli.pyplot()
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 4.2), squeeze=False)
+    num_classes = max(len(classes), max(int(y.max()) + 1 for _, y, _ in panels if len(y)))
+    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "turbo")
+    colours = [cmap(c / max(1, num_classes - 1)) if num_classes > 20 else cmap(c) for c in range(num_classes)]
+    for ax, (xy, y, title) in zip(axes[0], panels):
+        for c in np.unique(y):
+            name = classes[c] if c < len(classes) else str(c)
+            ax.scatter(xy[y == c, 0], xy[y == c, 1], s=6, color=colours[c], label=name)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    if num_classes <= 30:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, markerscale=2,
+                   title=data)
+    fig.tight_layout()
+    return cli.save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Attention-mass masks and the Jaccard protocols on hand-made attention maps and masks."""
+
+import pytest
+import torch
+
+from eval.attention import head_masks, mass_mask, upsample
+from eval.jaccard import VOID, aggregate, best_head_jaccard, image_scores, jaccard
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: a second intra-op thread only adds synchronisation."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+def test_sixty_percent_mass_keeps_the_smallest_set():
+    assert mass_mask(torch.tensor([0.5, 0.3, 0.15, 0.05])).tolist() == [True, True, False, False]
+    # order does not matter, nor the scale: the entries are shares of the total
+    assert mass_mask(torch.tensor([0.5, 1.5, 3.0, 5.0])).tolist() == [False, False, True, True]
+    assert mass_mask(torch.tensor([0.6, 0.4])).tolist() == [True, False]  # exactly 60 % with one entry
+    assert mass_mask(torch.tensor([0.1, 0.2, 0.3, 0.4]), mass=0.9).tolist() == [False, True, True, True]
+    batched = mass_mask(torch.tensor([[0.05, 0.15, 0.3, 0.5], [0.7, 0.1, 0.1, 0.1]]))
+    assert batched.tolist() == [[False, False, True, True], [True, False, False, False]]
+
+
+def test_jaccard_ignores_void_in_intersection_and_union():
+    pred = torch.zeros(4, 4, dtype=torch.bool)
+    pred[:2, :] = True                      # 8 pixels
+    target = torch.zeros(4, 4, dtype=torch.bool)
+    target[:, :2] = True                    # 8 pixels, 4 shared
+    assert jaccard(pred, target).item() == pytest.approx(4 / 12)
+    void = torch.zeros(4, 4, dtype=torch.bool)
+    void[0, 0] = True                       # shared pixel -> out of both
+    void[3, 3] = True                       # in neither -> changes nothing
+    void[0, 3] = True                       # prediction only -> out of the union
+    assert jaccard(pred, target, void).item() == pytest.approx(3 / 10)
+    heads = torch.stack([pred, target])     # leading dims are scored separately
+    assert jaccard(heads, target, void).tolist() == pytest.approx([3 / 10, 1.0])
+
+
+def test_best_head_per_object_then_mean_over_objects():
+    gt = torch.zeros(4, 4, dtype=torch.long)
+    gt[:2, :2] = 1
+    gt[2:, 2:] = 2
+    a = gt == 1                             # head A: object 1 exactly
+    b = torch.zeros(4, 4, dtype=torch.bool)
+    b[2:, 1:] = True                        # head B: object 2 plus 2 pixels -> J = 4 / 6
+    score, table = best_head_jaccard(torch.stack([a, b]), gt)
+    assert table.flatten().tolist() == pytest.approx([1.0, 0.0, 0.0, 4 / 6])
+    assert score == pytest.approx((1.0 + 4 / 6) / 2)
+    assert best_head_jaccard(torch.stack([a, b]), torch.full((4, 4), VOID)) == (None, None)
+
+
+def hand_made():
+    """2 heads on a 2 x 2 patch grid; ground truth 4 x 4 (each patch a 2 x 2 block)."""
+    attn = torch.tensor([[[0.7, 0.1], [0.1, 0.1]],      # keeps the top-left patch (0.7 >= 0.6)
+                         [[0.1, 0.2], [0.3, 0.4]]])     # keeps the bottom row (0.4 + 0.3)
+    gt = torch.zeros(4, 4, dtype=torch.long)
+    gt[:2, :2] = 1                                      # object 1: 4 px, the top-left block
+    gt[2:, :2] = 2
+    gt[2, 2] = 2                                        # object 2: 5 px, the largest
+    gt[3, 3] = VOID                                     # inside head 2's mask and the max mask
+    return attn, gt
+
+
+def test_image_scores_on_hand_made_attention():
+    attn, gt = hand_made()
+    s = image_scores(attn, gt)
+    # object 1: head 1 exact (1); object 2: head 2 = bottom rows, 8 px, one void -> 5 / 7
+    assert s["dino_best_head"] == pytest.approx((1 + 5 / 7) / 2)
+    assert s["per_head_sum"].tolist() == pytest.approx([1.0, 5 / 7])
+    # union of head masks: 12 px, one void -> 11 valid; max over heads [[.7, .2], [.3, .4]]
+    # keeps top-left and bottom-right blocks (0.7 / 1.6 + 0.4 / 1.6 >= 0.6), 8 px, one void.
+    assert s["largest_class"]["head_union"] == pytest.approx(5 / 11)
+    assert s["largest_class"]["head_max"] == pytest.approx(1 / 11)
+    assert s["union_of_classes"]["head_union"] == pytest.approx(9 / 11)
+    assert s["union_of_classes"]["head_max"] == pytest.approx(5 / 11)
+    assert s["n_objects"] == 2 and s["best_head_of_largest"] == 1
+    background_only = torch.where(gt == VOID, gt, torch.zeros_like(gt))
+    assert image_scores(attn, background_only) is None
+
+
+def test_masks_upsample_to_blocks_and_aggregate_in_percent():
+    masks = head_masks(torch.tensor([[[0.7, 0.1], [0.1, 0.1]]]))
+    up = upsample(masks, (4, 6))
+    assert up.dtype == torch.bool and up.shape == (1, 4, 6)
+    assert up[0].sum() == 6 and up[0, :2, :3].all()
+    attn, gt = hand_made()
+    s = {k: v for k, v in image_scores(attn, gt).items() if k not in ("masks", "preds")}
+    perfect = dict(s, dino_best_head=1.0, per_head_sum=torch.tensor([1.0, 1.0]), n_objects=1)
+    agg = aggregate([s, perfect])
+    assert agg["dino_best_head"] == pytest.approx(100 * ((1 + 5 / 7) / 2 + 1) / 2)
+    assert agg["per_head"] == pytest.approx([100 * 2 / 3, 100 * (5 / 7 + 1) / 3])
+    assert agg["n_images"] == 2 and agg["n_objects"] == 3
