@@ -65,6 +65,11 @@ def build_projector(in_dim: int, sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def at_least_fp32(z: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 activations (AMP) to fp32; fp32 and fp64 stay as they are."""
+    return z.to(torch.promote_types(z.dtype, torch.float32))
+
+
 def full_precision(device: torch.device):
     """A region where autocast (if any) is off."""
     if device.type in ("cuda", "cpu"):
@@ -121,7 +126,7 @@ class BarlowTwins(SSLMethod):
         if self.training:
             z1, z2 = all_gather_with_grad(z1), all_gather_with_grad(z2)
         with full_precision(z1.device):  # C sums N products: keep it in fp32 under AMP
-            c = cross_correlation(z1.float(), z2.float())
+            c = cross_correlation(at_least_fp32(z1), at_least_fp32(z2))
             loss = self.loss_scale * barlow_twins_loss(c, self.lambd)
         c = c.detach()
         if self.training:

@@ -37,9 +37,10 @@ class MLP(nn.Sequential):
 
 
 def regression_loss(q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """2 − 2·cos(q, z) per sample, averaged over the batch; z is a target, so no gradient."""
-    q = F.normalize(q, dim=-1)
-    z = F.normalize(z.detach(), dim=-1)
+    """2 − 2·cos(q, z) per sample, averaged over the batch; z is a target, so no gradient.
+    fp16/bf16 inputs (AMP) are computed in fp32."""
+    q = F.normalize(q.to(torch.promote_types(q.dtype, torch.float32)), dim=-1)
+    z = F.normalize(z.detach().to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
     return (2 - 2 * (q * z).sum(dim=-1)).mean()
 
 

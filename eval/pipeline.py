@@ -45,7 +45,7 @@ PROFILES = ("smoke", "cpu", "gpu")
 # Everything a profile changes is in these tables; every other option keeps the paper default that
 # the method's train.py (or the eval script) documents in its --help.
 #
-# smoke: proves the whole pipeline on CPU in about two minutes (tests): 32 px, 96 images, 2 epochs.
+# smoke: proves the whole pipeline on CPU in about two minutes (tests): 16 px, 64 images, 2 epochs.
 # cpu:   meaningful numbers on the embedded `shapes` data (10 classes, 5000 train / 1000 test) on a
 #        2-core CPU in well under an hour for all six methods: 32 px, ResNet-18 (small-image stem) or
 #        ViT-Tiny/4, 2000 images, a few epochs each, sized by each method's measured throughput.
@@ -59,7 +59,7 @@ DATA = {  # profile: (training and evaluation data, data with segmentation masks
 }
 
 COMMON_TRAIN = {  # options every method's train.py gets in the profile
-    "smoke": "--image-size 32 --max-images 96 --epochs 2 --batch-size 32 --warmup-epochs 0 --workers 0 "
+    "smoke": "--image-size 16 --max-images 64 --epochs 2 --batch-size 32 --warmup-epochs 0 --workers 0 "
              "--log-every 1",
     "cpu": "--image-size 32 --max-images 2000 --batch-size 128 --warmup-epochs 1 --workers 1 --log-every 5",
     "gpu": "--image-size 32 --epochs 200 --workers 8 --download",
@@ -97,7 +97,7 @@ TRAIN = {  # profile → method → (backbone, the method's options on top of CO
 }
 
 EVAL = {  # profile → evaluation → options ("*": every evaluation script)
-    "smoke": {"*": "--max-train 128 --max-test 64 --batch-size 64",
+    "smoke": {"*": "--max-train 96 --max-test 48 --batch-size 48", "tsne": "--max-test 32",
               "linear": "--epochs 5 --weight-decay 0", "finetune": "--epochs 1 --warmup-epochs 0",
               "attention": "--num-images 2", "jaccard": "--max-images 8 --num-examples 2",
               "retrieval": "--num-queries 3"},
@@ -396,9 +396,10 @@ def run_step(step: Step, cfg, launcher: Launcher, markers: dict[str, dict]) -> N
               "after": {d: markers[d].get("finished") for d in step.needs}}
     write_marker(step, marker)
     launcher.interrupted = False
+    cpu0 = _children_cpu()
     rc = launcher.run(script, step.argv(), log)
     wall = time.time() - t0
-    marker.update(rc=rc, wall_s=round(wall, 2), finished=time.time())
+    marker.update(rc=rc, wall_s=round(wall, 2), cpu_s=round(_children_cpu() - cpu0, 2), finished=time.time())
     if launcher.interrupted:
         marker["status"] = step.status = "interrupted"
         step.reason = "interrupted; re-run the same command to continue"
@@ -415,6 +416,14 @@ def run_step(step: Step, cfg, launcher: Launcher, markers: dict[str, dict]) -> N
     step.wall_s = marker["wall_s"]
     write_marker(step, marker)
     markers[step.id] = marker
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished children: a step's cost, whatever else the machine runs."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _clear(path: Path, runs: Path) -> None:
@@ -453,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Resumable: a step whose result exists is skipped; re-run the same command after an "
                     "interruption.",
         epilog="profiles (tables in eval/pipeline.py):\n"
-               "  smoke  whole pipeline in minutes on CPU (tests): 32 px, 96 images, 2 epochs\n"
+               "  smoke  whole pipeline in minutes on CPU (tests): 16 px, 64 images, 2 epochs\n"
                "  cpu    meaningful numbers on `shapes` on a 2-core CPU, well under an hour\n"
                "  gpu    the seeds' settings on CIFAR-10 (ResNet-50 / ViT-T/4, 200 epochs), one GPU\n"
                "exit code: 0 all steps succeeded, 1 a step failed / was blocked / is missing, 130 interrupted")

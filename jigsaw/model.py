@@ -2,7 +2,8 @@
 
 Each tile goes through the same backbone on its own (shared weights: the tiles of all puzzles
 form one batch of B·T images), so the backbone cannot see the other tiles and must describe each
-tile by its content. A shared per-tile layer (the paper's fc6) follows; the T tile vectors are
+tile by its content. A shared per-tile layer (the paper's fc6, on the flattened last feature map
+as AlexNet's fc6 on conv5, before the backbone's pooling) follows; the T tile vectors are
 concatenated in puzzle order and an MLP (fc7, fc8) classifies which of the N permutations
 shuffled them. Only the backbone is kept for evaluation.
 """
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from colorization.model import spatial_features
 from common.backbones import build_backbone
 from common.engine import SSLMethod
 from jigsaw.data import assemble
@@ -24,20 +26,22 @@ FIGURE_PUZZLES = 4
 
 
 class ContextFreeHead(nn.Module):
-    """fc6 shared by the tiles (per-tile vector), concatenation, fc7, fc8 -> permutation logits."""
+    """fc6 shared by the tiles (on the flattened feature map, so it sees where things are inside the
+    tile), concatenation in puzzle order, fc7, fc8 -> permutation logits."""
 
-    def __init__(self, embed_dim: int, num_tiles: int, num_permutations: int, tile_dim: int = 512,
+    def __init__(self, map_dim: int, num_tiles: int, num_permutations: int, tile_dim: int = 512,
                  hidden_dim: int = 1024):
         super().__init__()
         self.num_tiles = num_tiles
-        self.fc6 = nn.Sequential(nn.Linear(embed_dim, tile_dim), nn.BatchNorm1d(tile_dim), nn.ReLU(inplace=True))
+        self.fc6 = nn.Sequential(nn.Flatten(), nn.Linear(map_dim, tile_dim), nn.BatchNorm1d(tile_dim),
+                                 nn.ReLU(inplace=True))
         self.fc7 = nn.Sequential(nn.Linear(num_tiles * tile_dim, hidden_dim), nn.BatchNorm1d(hidden_dim),
                                  nn.ReLU(inplace=True))
         self.fc8 = nn.Linear(hidden_dim, num_permutations)
 
     def forward(self, tile_features: torch.Tensor) -> torch.Tensor:
-        """(B·T)×D, tile-major within each puzzle -> B×N."""
-        x = self.fc6(tile_features).reshape(-1, self.num_tiles * self.fc6[0].out_features)
+        """(B·T)×D×h×w, tile-major within each puzzle -> B×N."""
+        x = self.fc6(tile_features).reshape(-1, self.num_tiles * self.fc6[1].out_features)
         return self.fc8(self.fc7(x))
 
 
@@ -45,7 +49,7 @@ class Jigsaw(SSLMethod):
     name = "jigsaw"
     nan_hint = "lower --lr or use --clip-grad"
 
-    def __init__(self, args, permutations: np.ndarray, hamming: dict | None = None):
+    def __init__(self, args, permutations: np.ndarray, tile_size: int, hamming: dict | None = None):
         super().__init__()
         self.grid = args.grid
         # Built for the evaluation image size, so the checkpoint's backbone_kwargs describe the
@@ -55,15 +59,23 @@ class Jigsaw(SSLMethod):
                                        drop_path_rate=args.drop_path)
         self.register_buffer("permutations", torch.as_tensor(np.asarray(permutations), dtype=torch.long))
         num_permutations, num_tiles = self.permutations.shape
-        self.head = ContextFreeHead(self.backbone.embed_dim, num_tiles, num_permutations, args.tile_dim,
+        self.head = ContextFreeHead(self._map_dim(tile_size), num_tiles, num_permutations, args.tile_dim,
                                     args.hidden_dim)
         self.hamming = dict(hamming or {})
         self._figure_batch = None
 
+    @torch.no_grad()
+    def _map_dim(self, tile_size: int) -> int:
+        was_training = self.backbone.training
+        self.backbone.eval()
+        n = spatial_features(self.backbone, torch.zeros(1, 3, tile_size, tile_size)).numel()
+        self.backbone.train(was_training)
+        return n
+
     def forward(self, batch, step: int) -> dict:
         (tiles, index), _ = batch
         B, T = tiles.shape[:2]
-        features = self.backbone(tiles.flatten(0, 1))
+        features = spatial_features(self.backbone, tiles.flatten(0, 1))
         logits = self.head(features)
         loss = F.cross_entropy(logits.float(), index)
         predicted = logits.detach().argmax(1)

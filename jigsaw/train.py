@@ -76,7 +76,7 @@ def build(args, steps_per_epoch: int):
               f"min {hamming['min_hamming']:g} mean {hamming['mean_hamming']:.3f}; tiles {geometry['tile']} px in "
               f"{geometry['cell']} px cells of a {geometry['crop']} px crop", flush=True)
     views = JigsawViews(args.image_size, permutations, args.grid, args.gray_prob, args.channel_jitter, patch)
-    return Jigsaw(args, permutations, hamming), views
+    return Jigsaw(args, permutations, geometry["tile"], hamming), views
 
 
 def main(argv=None):

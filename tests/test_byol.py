@@ -136,8 +136,9 @@ def test_lars_step_matches_a_hand_computed_update():
     opt = LARS([{"params": [w, z], "weight_decay": 0.1},
                 {"params": [b], "weight_decay": 0.1, "lars_exclude": True}], lr=0.5, momentum=0.9, eta=0.001)
     gw, gb, gz = [0.6, 0.8], [0.5, 0.5], [1.0, 0.0]
-    w.grad, b.grad, z.grad = (torch.tensor([g], dtype=torch.float64) for g in (gw, gb, gz))
-    b.grad = b.grad[0]
+    w.grad = torch.tensor([gw], dtype=torch.float64)
+    b.grad = torch.tensor(gb, dtype=torch.float64)
+    z.grad = torch.tensor([gz], dtype=torch.float64)
     opt.step()
     # w: g + wd·w = [0.9, 1.2], ‖·‖ = 1.5, trust ratio η‖w‖/‖·‖ = 0.001·5/1.5 = 1/300;
     #    w ← w − lr·(1/300)·[0.9, 1.2] = [3 − 0.0015, 4 − 0.002]
@@ -202,12 +203,53 @@ def test_recipe_is_documented_in_help_and_unknown_recipes_fail_in_one_line(capsy
         byol_train.defaults_for(["--recipe", "nope"])
 
 
-# --- end to end -----------------------------------------------------------------------------------
+# --- end to end (shared with test_barlow_twins.py) -----------------------------------------------
+
+E2E = ["--data", "shapes", "--arch", "resnet18", "--image-size", "16", "--max-images", "256", "--batch-size", "32",
+       "--epochs", "2", "--warmup-epochs", "0", "--workers", "0", "--eval-every", "0", "--log-every", "1",
+       "--device", "cpu", "--resume", "never"]
+
+
+def knn_top1(checkpoint, data_root, n_bank=500, n_query=300) -> float:
+    """k-NN top-1 (k = 20, T = 0.07) of a checkpoint's backbone: shapes train images as the bank,
+    test images as queries."""
+    from common.augment import eval_transform
+    from common.checkpoint import load_backbone
+    from common.datasets import build_dataset
+    from eval.features import extract_features, subset_indices
+    from eval.knn import knn_accuracy
+
+    backbone, _ = load_backbone(checkpoint, "cpu")
+    bank, query = (build_dataset("shapes", data_root, split) for split in ("train", "test"))
+    transform = eval_transform(16)
+    fb, yb = extract_features(backbone, bank, subset_indices(len(bank), n_bank), transform, 128)
+    fq, yq = extract_features(backbone, query, subset_indices(len(query), n_query), transform, 128)
+    return knn_accuracy(fb, yb, fq, yq, k=20)[0]
+
+
+def check_two_epoch_run(main, method: str, argv: list[str], out, data_root):
+    """Two epochs through the real train.py entry: the loss falls, the diagnostics are logged and
+    plotted, and the trained backbone beats the same network at its random initialisation
+    (snapshots/epoch0000.pt) on k-NN."""
+    from common.checkpoint import load_checkpoint
+    from common.logging import read_metrics
+
+    summary = main([*E2E, "--data-root", str(data_root), "--out", str(out), *argv])
+    assert summary["reason"] == "end" and summary["step"] == 16
+    rows = read_metrics(out / "metrics.jsonl")
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 16 and all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
+    assert all("z_std" in r for r in rows if "loss" in r)
+    assert (out / "loss.png").exists() and (out / "diagnostics.png").exists()
+    assert load_checkpoint(out / "checkpoint.pt", method=method)["step"] == 16
+    init, trained = knn_top1(out / "snapshots" / "epoch0000.pt", data_root), knn_top1(out / "checkpoint.pt", data_root)
+    assert trained > init + 3, (init, trained)
+    return out
+
 
 @pytest.mark.slow
 def test_two_epochs_on_shapes_lower_the_loss_and_beat_random_init(tmp_path, data_root):
-    from tests_e2e import check_two_epoch_run
-
     argv = ["--hidden-dim", "128", "--out-dim", "64", "--tau", "0.99", "--optimizer", "sgd", "--lr", "0.4",
             "--weight-decay", "1e-5"]
     check_two_epoch_run(byol_train.main, "byol", argv, tmp_path, data_root)

@@ -109,7 +109,7 @@ def test_linear_script_label_fractions_and_augment(ckpts, data_root, tmp_path, c
 
 
 def test_finetune_script_pretrained_and_from_scratch(ckpts, data_root, tmp_path, capsys):
-    base = common_args(ckpts["resnet18"], data_root, tmp_path) + [
+    base = common_args(ckpts["vit_tiny"], data_root, tmp_path) + [
         "--max-train", 60, "--max-test", 20, "--label-fraction", 0.2, "--epochs", 1, "--train-batch-size", 8]
     pre = run(finetune.main, base, capsys)
     scratch = run(finetune.main, base + ["--from-scratch"], capsys)
@@ -166,6 +166,18 @@ def test_attention_and_jaccard_scripts(ckpts, data_root, tmp_path, capsys):
         with pytest.raises(SystemExit, match="needs a ViT checkpoint") as e:
             main(list(map(str, common_args(ckpts["resnet18"], data_root, tmp_path))))
         assert "\n" not in str(e.value)
+
+
+def test_jaccard_on_voc_object_masks_and_coco_class_masks(ckpts, shared_data, tmp_path, capsys):
+    """The real layouts: VOC's SegmentationObject with void 255 borders, COCO class-index PNGs."""
+    base = ["--checkpoint", ckpts["vit_tiny"], "--device", "cpu", "--split", "train", "--num-examples", 1]
+    voc = run(jaccard.main, base + ["--data", "voc2012", "--data-root", shared_data / "voc2012-sample",
+                                    "--out", tmp_path / "voc"], capsys)
+    assert voc["n_images"] == 1 and voc["mask_kind"] == "object" and voc["rows"]["checkpoint"]["n_objects"] == 2
+    coco = run(jaccard.main, base + ["--data", "coco", "--data-root", shared_data, "--max-images", 3,
+                                     "--out", tmp_path / "coco"], capsys)
+    assert coco["mask_kind"] == "class" and coco["n_images"] + coco["n_skipped_no_object"] == 3
+    assert 0 <= coco["jaccard"] <= 100
 
 
 @pytest.mark.parametrize("main", [knn.main, linear.main, finetune.main, tsne.main, retrieval.main,
