@@ -104,6 +104,7 @@ def barlow_twins_loss(c: torch.Tensor, lambd: float = 0.0051) -> torch.Tensor:
 
 class BarlowTwins(SSLMethod):
     name = "barlow_twins"
+    nan_hint = "lower --lr or --lr-biases, raise --warmup-epochs, or use --amp bf16 instead of fp16"
 
     def __init__(self, backbone: nn.Module, projector: str = "8192-8192-8192", lambd: float = 0.0051,
                  loss_scale: float = 1.0, bias_lr_scale: float = 0.0048 / 0.2, epochs: int = 1000):

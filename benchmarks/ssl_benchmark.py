@@ -56,7 +56,7 @@ SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-subset"
 
 _SMOKE_TRAIN = dict(arch="resnet18", image_size=16, batch_size=16, epochs=1, warmup_epochs=0, max_images=32,
                     workers=0, eval_every=1, log_every=1)
-_SMOKE_BENCH = dict(bench_warmup=1, bench_iters=2, knn_max_train=200, knn_max_test=100)
+_SMOKE_BENCH = dict(bench_warmup=1, bench_iters=2, knn_max_train=64, knn_max_test=32)
 
 # CPU: ResNet-18 (small stem) at 16 px, where it runs ~4x faster than at 32 px, so that a method
 # sees ~10 epochs of the 5000 images in ~25 minutes; SGD with lightly's CIFAR-10 benchmark
@@ -323,7 +323,7 @@ KEY_COLUMNS = 3  # a row is replaced when recipe, device and setting match
 def doc_row(result: dict) -> list[str]:
     a, knn, tp = result["args"], result["knn"], result["throughput"]
     hw = result["hardware"]
-    device = hw.get("gpu") or f"CPU {hw.get('cpu_affinity', hw['cpu_count'])} cores"
+    device = hw.get("gpu") or f"CPU {hw.get('cpu_affinity', hw['cpu_count'])} cores ({hw['cpu']})"
     amp = tp["backbone"]["amp"]
     setting = f"{a['arch']} {a['image_size']} px, batch {a['batch_size']}, {a['epochs']} ep"
     if a.get("max_steps") is not None:
@@ -366,7 +366,10 @@ def update_doc(path: Path, method: str, row: list[str]) -> None:
         while i < len(lines) and not lines[i].startswith("|") and not lines[i].startswith("#"):
             i += 1
         if i >= len(lines) or not lines[i].startswith("|"):  # a heading without a table yet
-            lines[i:i] = ["", *header, new, ""] if i < len(lines) else ["", *header, new]
+            j = i
+            while not lines[i - 1].strip():  # the blank lines under the heading give way to the table
+                i -= 1
+            lines[i:j] = ["", *header, new] + ([""] if j < len(lines) else [])
         else:
             end = i + 2
             while end < len(lines) and lines[end].startswith("|"):
@@ -396,16 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None,
                    help="dataset root (default: ../shared/data/cifar10-subset for cifar10 when it exists, else "
                         "$SSL_DATA or ./data)")
-    g = p.add_argument_group("overrides of the recipe")
-    g.add_argument("--epochs", type=int, default=None)
-    g.add_argument("--max-steps", type=int, default=None)
-    g.add_argument("--arch", default=None)
-    g.add_argument("--image-size", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None)
-    g.add_argument("--device", default=None, choices=("auto", "cuda", "mps", "cpu"))
-    g.add_argument("--amp", default=None, choices=("auto", "bf16", "fp16", "off"))
-    g.add_argument("--workers", type=int, default=None)
-    g.add_argument("--seed", type=int, default=None)
+    g = p.add_argument_group("overrides of the recipe (default: the recipe's value, see benchmarks/README.md)")
+    g.add_argument("--epochs", type=int, default=None, help="training epochs (every schedule follows them)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")
+    g.add_argument("--arch", default=None, help="backbone (resnet18, resnet50, vit_tiny, vit_small, vit_base)")
+    g.add_argument("--image-size", type=int, default=None, help="training image size = global crop size S")
+    g.add_argument("--batch-size", type=int, default=None, help="per-step batch (also the backbone reference's)")
+    g.add_argument("--device", default=None, choices=("auto", "cuda", "mps", "cpu"), help="device")
+    g.add_argument("--amp", default=None, choices=("auto", "bf16", "fp16", "off"), help="mixed precision")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+    g.add_argument("--seed", type=int, default=None, help="seed")
     g.add_argument("--bench-warmup", type=int, default=None, help="untimed backbone iterations")
     g.add_argument("--bench-iters", type=int, default=None, help="timed backbone iterations (median)")
     g.add_argument("--knn-max-train", type=int, default=None, help="cap the kNN bank (evenly spaced)")
@@ -449,6 +452,9 @@ def main(argv=None) -> dict:
     opts = build_parser().parse_args(own)
     if opts.recipe is None:
         opts.recipe = "gpu" if torch.cuda.is_available() else "cpu"
+    if opts.recipe == "gpu" and opts.device is None and not torch.cuda.is_available():
+        raise SystemExit("error: --recipe gpu needs a CUDA GPU and none is visible; use --recipe cpu (or force "
+                         "--device cpu to run the GPU settings anyway)")
     if opts.data_root is None and opts.data == "cifar10" and SHARED_CIFAR.exists():
         opts.data_root = str(SHARED_CIFAR)
     train, bench, run_dir, train_argv = resolve(opts, extra)

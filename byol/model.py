@@ -63,6 +63,7 @@ def tau_schedule(tau_base: float, epochs: int, steps_per_epoch: int) -> np.ndarr
 
 class BYOL(SSLMethod):
     name = "byol"
+    nan_hint = "lower --lr (LARS: the base lr is per 256 images) or raise --warmup-epochs"
 
     def __init__(self, backbone: nn.Module, hidden_dim: int = 4096, out_dim: int = 256,
                  tau: float = 0.996, epochs: int = 300, steps_per_epoch: int = 1):
@@ -78,7 +79,6 @@ class BYOL(SSLMethod):
         for p in self.target_parameters():
             p.requires_grad_(False)
         self.taus = tau_schedule(tau, epochs, steps_per_epoch)
-        self.tau = float(self.taus[0])
 
     def target_parameters(self):
         yield from self.target_backbone.parameters()
@@ -99,15 +99,18 @@ class BYOL(SSLMethod):
         z2, q2 = self.online(v2)
         z1_target, z2_target = self.target(v1), self.target(v2)
         loss = byol_loss(q1, q2, z1_target, z2_target)
-        return {"loss": loss, "z_std": normalised_std(z1), "tau": self.tau}
+        return {"loss": loss, "z_std": normalised_std(z1), "tau": self.tau_at(step)}
+
+    def tau_at(self, step: int) -> float:
+        """τ_k of step k (0-based); steps past the schedule keep its last value."""
+        return float(self.taus[min(step, len(self.taus) - 1)])
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
-        """ξ ← τ_k·ξ + (1 − τ_k)·θ after the k-th optimiser step; runs past the schedule (e.g.
-        --max-steps beyond --epochs) keep its last value."""
-        self.tau = float(self.taus[min(step, len(self.taus) - 1)])
-        ema_update(self.target_backbone, self.backbone, self.tau)
-        ema_update(self.target_projector, self.projector, self.tau)
+        """ξ ← τ_k·ξ + (1 − τ_k)·θ after the k-th optimiser step."""
+        tau = self.tau_at(step)
+        ema_update(self.target_backbone, self.backbone, tau)
+        ema_update(self.target_projector, self.projector, tau)
 
     @property
     def eval_backbone(self) -> nn.Module:

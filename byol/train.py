@@ -41,11 +41,13 @@ RECIPES = {
 }
 
 
+RECIPE_NOTES = {"stl10-sgd": "seed 003: SGD at a constant lr 0.03 with batch 64, momentum 0.9, weight decay 4e-4"}
+
+
 def recipe_help() -> str:
-    lines = [f"{name}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+    lines = [f"{name} ({RECIPE_NOTES[name]}) = " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
              for name, values in RECIPES.items()]
-    return ("a named set of defaults; options given explicitly still override it. " + "; ".join(lines)
-            + " (stl10-sgd = seed 003: SGD lr 0.03 at batch 64, momentum 0.9, wd 4e-4, constant lr)")
+    return "a named set of defaults; options given explicitly on the command line override it. " + "; ".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -170,7 +170,8 @@ def plan(cfg) -> list[Step]:
     ev = EVAL[cfg.profile]
 
     def eval_args(kind, method, checkpoint, out, eval_on=eval_data):
-        options = [*_split(ev.get("*", "")), *_split(ev.get(kind, "")), *_split(PROTOCOL[kind])]
+        sized = "finetune" if kind == "scratch" else kind  # the baseline trains exactly as the fine-tuning
+        options = [*_split(ev.get("*", "")), *_split(ev.get(sized, "")), *_split(PROTOCOL[kind])]
         cache = ["--cache-dir", str(out.parent / "features")] if kind in ("knn", "linear", "retrieval", "tsne") else []
         ckpt = [] if checkpoint is None else ["--checkpoint", str(checkpoint)]
         return [*ckpt, "--data", eval_on, *root, "--out", str(out), *device, "--seed", str(method[1]),
@@ -259,8 +260,8 @@ class Interrupted(Exception):
 class Launcher:
     """Runs one command with its output in a log file; returns the exit code."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, threads: int | None = None):
+        self.kind, self.threads = kind, threads
         self.child = None
         self.interrupted = False
         if kind == "fork":
@@ -271,9 +272,10 @@ class Launcher:
             f.write(f"$ {shlex.join(['python', str(script.relative_to(ROOT)), *argv])}\n")
         if self.kind == "fork":
             return self._fork(script, argv, log)
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})}
         with log.open("a") as f:
             proc = subprocess.Popen([sys.executable, str(script), *argv], cwd=ROOT, stdout=f,
-                                    stderr=subprocess.STDOUT)
+                                    stderr=subprocess.STDOUT, env=env)
             return self._wait(proc.pid, proc)
 
     def _fork(self, script: Path, argv: list[str], log: Path) -> int:
@@ -281,7 +283,7 @@ class Launcher:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(script, argv, log)  # never returns
+            _child(script, argv, log, self.threads)  # never returns
         return self._wait(pid)
 
     def _wait(self, pid: int, proc=None) -> int:
@@ -305,12 +307,17 @@ class Launcher:
             os.kill(self.child, signal.SIGTERM)
 
 
-def _child(script: Path, argv: list[str], log: Path) -> None:
+def _child(script: Path, argv: list[str], log: Path, threads: int | None) -> None:
     """In the forked child: become `python script argv...` with stdout/stderr in the log."""
     import runpy
 
     code = 1
     try:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+            os.environ["OMP_NUM_THREADS"] = str(threads)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -486,6 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=("fork", "subprocess"), default=None,
                    help="fork: import torch once, run each step in a forked child (default on Linux for "
                         "smoke and cpu); subprocess: plain `python script.py` per step")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of every step (default: 1 in the smoke profile, whose tiny tensors gain "
+                        "nothing from a second thread and lose much when the machine is busy; torch's choice "
+                        "otherwise)")
     p.add_argument("--dry-run", action="store_true", help="print the steps and their status, run nothing")
     return p
 
@@ -503,6 +514,10 @@ def parse_args(argv=None):
         cfg.profile = "gpu" if has_cuda() else "cpu"
     if cfg.launcher is None:
         cfg.launcher = "fork" if (sys.platform.startswith("linux") and cfg.profile != "gpu") else "subprocess"
+    if cfg.threads is None and cfg.profile == "smoke":
+        cfg.threads = 1
+    if cfg.threads is not None and cfg.threads < 1:
+        raise SystemExit("error: --threads must be >= 1")
     if cfg.launcher == "fork" and not hasattr(os, "fork"):
         raise SystemExit("error: --launcher fork needs a platform with fork(); use --launcher subprocess")
     cfg.runs, cfg.out = Path(cfg.runs).absolute(), Path(cfg.out).absolute()
@@ -545,7 +560,7 @@ def main(argv=None) -> int:
           f"{' '.join(map(str, cfg.seeds))}, {len(steps)} steps, launcher {cfg.launcher}; runs in {cfg.runs}, "
           f"report in {cfg.out}", flush=True)
     t0, started = time.time(), time.strftime("%Y-%m-%d %H:%M:%S")
-    launcher = Launcher(cfg.launcher)
+    launcher = Launcher(cfg.launcher, cfg.threads)
     markers: dict[str, dict] = {}
     interrupted = False
 
@@ -579,6 +594,7 @@ def main(argv=None) -> int:
         "profile": cfg.profile, "methods": cfg.methods, "seeds": cfg.seeds, "runs": str(cfg.runs),
         "data": cfg.data or DATA[cfg.profile][0], "eval_data": cfg.eval_data or cfg.data or DATA[cfg.profile][0],
         "mask_data": cfg.mask_data or DATA[cfg.profile][1], "device": cfg.device, "launcher": cfg.launcher,
+        "threads": cfg.threads,
         "started": started, "wall_s": round(time.time() - t0, 1), "host": host(),
         "settings": {"common_train": COMMON_TRAIN[cfg.profile],
                      "train": {m: list(TRAIN[cfg.profile][m]) for m in cfg.methods},

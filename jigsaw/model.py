@@ -27,16 +27,17 @@ FIGURE_PUZZLES = 4
 
 class ContextFreeHead(nn.Module):
     """fc6 shared by the tiles (on the flattened feature map, so it sees where things are inside the
-    tile), concatenation in puzzle order, fc7, fc8 -> permutation logits."""
+    tile), concatenation in puzzle order, fc7, fc8 -> permutation logits; ReLU and dropout 0.5
+    after fc6 and fc7, as in the paper's AlexNet-based network."""
 
     def __init__(self, map_dim: int, num_tiles: int, num_permutations: int, tile_dim: int = 512,
-                 hidden_dim: int = 1024):
+                 hidden_dim: int = 1024, dropout: float = 0.5):
         super().__init__()
         self.num_tiles = num_tiles
-        self.fc6 = nn.Sequential(nn.Flatten(), nn.Linear(map_dim, tile_dim), nn.BatchNorm1d(tile_dim),
-                                 nn.ReLU(inplace=True))
-        self.fc7 = nn.Sequential(nn.Linear(num_tiles * tile_dim, hidden_dim), nn.BatchNorm1d(hidden_dim),
-                                 nn.ReLU(inplace=True))
+        self.fc6 = nn.Sequential(nn.Flatten(), nn.Linear(map_dim, tile_dim), nn.ReLU(inplace=True),
+                                 nn.Dropout(dropout))
+        self.fc7 = nn.Sequential(nn.Linear(num_tiles * tile_dim, hidden_dim), nn.ReLU(inplace=True),
+                                 nn.Dropout(dropout))
         self.fc8 = nn.Linear(hidden_dim, num_permutations)
 
     def forward(self, tile_features: torch.Tensor) -> torch.Tensor:

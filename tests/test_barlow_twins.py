@@ -174,7 +174,8 @@ def test_heatmaps_at_first_middle_and_last_epoch_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_epochs_on_shapes_lower_the_loss_and_beat_random_init(tmp_path, data_root):
-    argv = ["--projector", "128-128-128", "--optimizer", "sgd", "--lr", "0.1", "--weight-decay", "1e-5"]
-    run = check_two_epoch_run(bt_train.main, "barlow_twins", argv, tmp_path, data_root)
-    assert (run / "cross_correlation_epoch0001.png").exists() and (run / "cross_correlation_epoch0002.png").exists()
+def test_two_epochs_on_shapes_lower_the_loss_without_collapse(tmp_path, data_root):
+    argv = ["--projector", "128-128-128", "--optimizer", "adamw", "--lr", "0.016", "--weight-decay", "1e-5"]
+    run = check_two_epoch_run(bt_train.main, "barlow_twins", argv, tmp_path, data_root, out_dim=128)
+    assert sorted(p.name for p in run.glob("cross_correlation_*.png")) == [
+        "cross_correlation_epoch0001.png", "cross_correlation_epoch0002.png"]

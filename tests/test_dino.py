@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -237,3 +238,93 @@ def test_dino_views_give_two_global_and_n_local_crops():
     assert [tuple(v.shape) for v in views] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
     assert all(v.dtype == torch.float32 for v in views)
     assert len(DINOViews(tiny_args(image_size=32, local_crops_number=0))(image)) == 2
+
+
+# --- end-to-end through the engine ------------------------------------------------------------
+
+TINY = ["--data", "shapes", "--arch", "vit_tiny", "--image-size", "16", "--patch-size", "8", "--out-dim", "64",
+        "--local-crops-number", "2", "--workers", "0", "--device", "cpu", "--eval-every", "0",
+        "--warmup-epochs", "0"]
+
+
+class ExplodingDINO(DINO):
+    """DINO whose loss becomes NaN from the second epoch on, as an overflowing fp16 run would."""
+
+    def forward(self, batch, step):
+        out = super().forward(batch, step)
+        if step >= self.steps_per_epoch:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+def test_nan_loss_stops_with_dino_hints_and_keeps_the_last_good_checkpoint(tmp_path, data_root):
+    from common import engine
+    from common.checkpoint import load_checkpoint
+    from dino import train
+
+    def build(args, steps_per_epoch):
+        train.check_arguments(args)
+        return ExplodingDINO(args, steps_per_epoch), DINOViews(args)
+
+    argv = [*TINY, "--data-root", str(data_root), "--max-images", "32", "--batch-size", "16", "--epochs", "2",
+            "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as stop:
+        engine.main("dino", train.add_arguments, build, defaults=train.DEFAULTS, argv=argv)
+    message = str(stop.value)
+    assert "NaN" in message and "\n" not in message
+    assert "--amp off" in message and "--teacher-temp" in message and "--out-dim" in message
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt", method="dino", arch="vit_tiny")
+    assert ckpt["step"] == 2 and ckpt["epoch"] == 1  # the end of the last good epoch
+    state = ckpt["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert state["loss_fn.center"].abs().sum() > 0  # the center is saved with the model
+    # The eval network is the teacher's backbone.
+    for k, v in ckpt["backbone"].items():
+        assert torch.equal(v, state[f"teacher.backbone.{k}"])
+
+
+def test_bad_option_combinations_fail_with_one_line_and_zero_local_crops_work():
+    from common.options import base_parser, parse_args
+    from dino import train
+
+    parser = base_parser("dino", **train.DEFAULTS)
+    train.add_arguments(parser)
+    for argv, message in [
+        (["--warmup-teacher-temp-epochs", "5", "--epochs", "2"], "--warmup-teacher-temp-epochs 5"),
+        (["--local-crops-scale", "0.4", "0.05"], "--local-crops-scale"),
+        (["--teacher-temp", "0"], "--teacher-temp"),
+        (["--local-crops-number", "-1"], "--local-crops-number"),
+    ]:
+        args = parse_args(parser, [*TINY, "--epochs", "4", *argv])
+        with pytest.raises(SystemExit) as stop:
+            train.build(args, steps_per_epoch=2)
+        assert str(stop.value).startswith("error: ") and message in str(stop.value), argv
+        assert "\n" not in str(stop.value)
+    # Without local crops DINO is still DINO: the two global crops teach each other.
+    args = parse_args(parser, [*TINY, "--local-crops-number", "0"])
+    dino, views = train.build(args, steps_per_epoch=2)
+    assert dino.ncrops == 2 and views.n_local == 0
+
+
+def test_issue_command_runs_on_coco_on_cpu(tmp_path, shared_data):
+    # The issue's command, plus only the size options that keep the suite fast and an --out.
+    cmd = [sys.executable, "dino/train.py", "--data", "coco", "--data-root", str(shared_data / "coco"),
+           "--batch-size", "64", "--arch", "vit_tiny", "--max-steps", "2",
+           "--image-size", "32", "--patch-size", "8", "--out-dim", "1024", "--local-crops-number", "2",
+           "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-2000:]
+    assert "kNN monitoring is skipped" in proc.stdout  # COCO images carry no labels
+
+    from common.checkpoint import load_checkpoint
+    from common.logging import read_metrics
+
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert math.isfinite(r["loss"]) and 0 <= r["teacher_entropy"] <= math.log(1024) + 1e-3
+        assert r["kl"] >= -1e-4 and r["feature_std"] > 0 and r["teacher_temp"] == 0.04
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["args"]["out_dim"] == 1024 and config["args"]["momentum_teacher"] == 0.996
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt", method="dino", arch="vit_tiny")
+    assert ckpt["step"] == 2 and ckpt["backbone_kwargs"]["drop_path_rate"] == 0.0
