@@ -23,7 +23,6 @@ from torch import nn
 
 from colorization.data import OUTPUT_STRIDE, target_ab
 from colorization.lab import (
-    LightnessInput,
     ab_bins,
     annealed_mean,
     is_grayscale,
@@ -48,12 +47,8 @@ def lightness_backbone(arch: str, image_size: int, patch_size: int = 16, drop_pa
     Its state dict is exactly that of `build_backbone(**kwargs without input_mode)`; `kwargs`
     carries `input_mode="lab_l"` so that a builder that knows the mode can rebuild the
     conversion (it has no parameters)."""
-    net = build_backbone(arch, image_size=image_size, patch_size=patch_size, drop_path_rate=drop_path_rate,
-                         in_chans=1)
-    first = net.patch_embed if hasattr(net, "patch_embed") else net.conv1
-    first.register_forward_pre_hook(LightnessInput().hook)
-    net.kwargs = {**net.kwargs, "input_mode": "lab_l"}
-    return net
+    return build_backbone(arch, image_size=image_size, patch_size=patch_size, drop_path_rate=drop_path_rate,
+                          in_chans=1, input_mode="lab_l")
 
 
 def spatial_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -154,6 +149,10 @@ class Colorization(SSLMethod):
             out = {"loss": loss, "colour_images": colour.float().mean() * 100}
             if not self.training:
                 out.update(self.evaluate(logits.detach(), lab, rgb))
+        stash = self._figure_batch
+        if (stash is None) if self.training else (stash is None or stash[1]):
+            # a few images for the epoch figure: the first held-out batch, else the first training one
+            self._figure_batch = (x[:FIGURE_IMAGES].detach().float().cpu(), self.training)
         return out
 
     @torch.no_grad()
@@ -162,9 +161,6 @@ class Colorization(SSLMethod):
         pred_lab = lab_from_l_ab(lab[:, :1], annealed_mean(logits, self.bins, self.temperature))
         pred_rgb = lab_to_rgb(pred_lab)
         gray_rgb = lab_to_rgb(torch.cat([lab[:, :1], torch.zeros_like(lab[:, 1:])], 1))
-        if self._figure_batch is None:
-            keep = slice(0, FIGURE_IMAGES)
-            self._figure_batch = (gray_rgb[keep].cpu(), pred_rgb[keep].cpu(), rgb[keep].cpu())
         return {"ab_auc": ab_auc(pred_lab[:, 1:], lab[:, 1:]), "psnr": psnr(pred_rgb, rgb),
                 "ab_auc_gray": ab_auc(torch.zeros_like(lab[:, 1:]), lab[:, 1:]), "psnr_gray": psnr(gray_rgb, rgb)}
 
@@ -180,8 +176,18 @@ class Colorization(SSLMethod):
 
     def on_epoch_end(self, epoch: int, run_dir: Path) -> dict:
         if self._figure_batch is not None:
-            plot_colorizations(*self._figure_batch, Path(run_dir) / "colorizations.png",
-                               title=f"epoch {epoch}, annealed mean T = {self.temperature}")
+            x, from_training = self._figure_batch
+            x = x.to(self.bins.device)
+            was_training = self.training
+            self.eval()
+            predicted = self.colorize(x).cpu()
+            self.train(was_training)
+            truth = (x * self.std + self.mean).clamp(0, 1)
+            lab = rgb_to_lab(truth)
+            gray = lab_to_rgb(torch.cat([lab[:, :1], torch.zeros_like(lab[:, 1:])], 1))
+            split = "training" if from_training else "held-out"
+            plot_colorizations(gray.cpu(), predicted, truth.cpu(), Path(run_dir) / "colorizations.png",
+                               title=f"({split}) epoch {epoch}, annealed mean T = {self.temperature}")
             self._figure_batch = None
         return {}
 
@@ -204,7 +210,7 @@ def plot_colorizations(gray: torch.Tensor, predicted: torch.Tensor, truth: torch
             ax.set_yticks([])
             if i == 0:
                 ax.set_ylabel(name, fontsize=9)
-    fig.suptitle(f"Colorization (held-out) {title}", fontsize=10)
+    fig.suptitle(f"Colorization {title}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

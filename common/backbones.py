@@ -200,8 +200,16 @@ def _resnet(arch: str, image_size: int, in_chans: int) -> nn.Module:
 
 
 def build_backbone(arch: str, image_size: int = 224, patch_size: int = 16, drop_path_rate: float = 0.0,
-                   in_chans: int = 3) -> nn.Module:
-    """The one backbone builder for training and evaluation (see module docstring)."""
+                   in_chans: int = 3, input_mode: str = "rgb") -> nn.Module:
+    """The one backbone builder for training and evaluation (see module docstring).
+
+    input_mode="lab_l" (with in_chans=1) is the colorization encoder: a parameter-free first step
+    turns the normalised RGB that every loader produces into Lab lightness, so eval feeds it the
+    same batches as any other backbone; its state dict is that of the plain 1-channel network."""
+    if input_mode not in ("rgb", "lab_l"):
+        raise BackboneError(f"unknown input_mode {input_mode!r}; choose rgb or lab_l")
+    if input_mode == "lab_l" and in_chans != 1:
+        raise BackboneError("input_mode lab_l needs in_chans=1")
     if arch not in ARCHS:
         raise BackboneError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     for name, value in (("image_size", image_size), ("patch_size", patch_size), ("in_chans", in_chans)):
@@ -220,4 +228,10 @@ def build_backbone(arch: str, image_size: int = 224, patch_size: int = 16, drop_
                                   mlp_ratio=4.0, qkv_bias=True, drop_path_rate=float(drop_path_rate))
     model.kwargs = dict(arch=arch, image_size=image_size, patch_size=patch_size,
                         drop_path_rate=float(drop_path_rate), in_chans=in_chans)
+    if input_mode == "lab_l":
+        from colorization.lab import LightnessInput
+
+        first = model.patch_embed if hasattr(model, "patch_embed") else model.conv1
+        first.register_forward_pre_hook(LightnessInput().hook)  # also on the attention path
+        model.kwargs["input_mode"] = input_mode
     return model

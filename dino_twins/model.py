@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from barlow_twins.model import (
+    HEATMAP_DIMS,
+    at_least_fp32,
     barlow_twins_loss,
     build_projector,
     cross_correlation,
@@ -51,8 +53,6 @@ from common.backbones import build_backbone
 from common.engine import SSLMethod
 from common.runtime import all_gather_with_grad
 from dino.model import DINO, DINOLoss, MultiCropNetwork
-
-HEATMAP_DIMS = 64  # the top-left block of C kept for the figure
 
 
 class UncenteredDINOLoss(DINOLoss):
@@ -158,7 +158,7 @@ class DINOTwins(SSLMethod):
         with full_precision(features[0].device):  # C sums N products: fp32 under AMP
             losses = []
             for a, b in self.bt_pairs:
-                c = cross_correlation(z[a].float(), z[b].float())
+                c = cross_correlation(at_least_fp32(z[a]), at_least_fp32(z[b]))
                 losses.append(barlow_twins_loss(c, self.bt_lambda))
                 if (a, b) == (0, 1):
                     c_global = c.detach()

@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dino-weight", type=float, default=1.0,
                    help="weight of DINO's loss (original: 1). 0 = pure Barlow Twins on the same backbone, crops "
                         "and optimiser: no DINO head and no teacher are built and the student's backbone is "
-                        "evaluated. barlow_twins/train.py differs by its two asymmetric views, LARS, the 8192-d "
+                        "evaluated; the loss is then --bt-weight × the Barlow Twins loss, a scale that Adam nearly "
+                        "ignores. barlow_twins/train.py differs by its two asymmetric views, LARS, the 8192-d "
                         "projector and λ 0.0051: use it for the paper's method, this for the ablation")
     g.add_argument("--bt-weight", type=float, default=0.0025,
                    help="weight of the Barlow Twins loss (original: bt_beta = 0.005 × 0.5 = 0.0025). 0 = pure "

@@ -13,10 +13,11 @@ resumes from its checkpoint (the engine's `--resume auto`). A failing step is re
 still runs (steps that need it are "blocked"); the exit code is 1 when any step failed, was blocked or
 could not run because its script is missing, 130 when interrupted.
 
-Steps run one after another. The `fork` launcher (default on Linux for the smoke and cpu profiles)
-imports torch once and runs each command in a forked child, which saves the 3-10 s that every
-`python script.py` spends importing; the `subprocess` launcher (gpu profile, other platforms) runs
-the plain commands.
+Up to `--jobs` steps run at once, each as soon as the steps it needs have ended. The `fork` launcher
+(default on Linux for the smoke and cpu profiles) imports torch once and runs each command in a
+forked child, which saves the 3-10 s that every `python script.py` spends importing; the
+`subprocess` launcher (gpu profile, other platforms) runs the plain commands. POSIX only (run_all.sh
+is a bash script): Linux, macOS, WSL.
 """
 
 from __future__ import annotations
@@ -45,13 +46,20 @@ PROFILES = ("smoke", "cpu", "gpu")
 # Everything a profile changes is in these tables; every other option keeps the paper default that
 # the method's train.py (or the eval script) documents in its --help.
 #
-# smoke: proves the whole pipeline on CPU in about two minutes (tests): 16 px, 64 images, 2 epochs.
-# cpu:   meaningful numbers on the embedded `shapes` data (10 classes, 5000 train / 1000 test) on a
-#        2-core CPU in well under an hour for all six methods: 32 px, ResNet-18 (small-image stem) or
-#        ViT-Tiny/4, 2000 images, a few epochs each, sized by each method's measured throughput.
-# gpu:   the seeds' comparison on a real dataset (seed 001's CIFAR-10 table: Barlow Twins, DINO and
-#        DINO-Twins with ResNet-50, DINO-Twins ViT-T/4; seed 002/003's BYOL; seed 004's pretext
-#        tasks), 200 epochs, the paper batch sizes, one GPU, bf16.
+# smoke: proves the whole pipeline on CPU in about two minutes (tests): 16 px, 64 images, 1 epoch.
+# cpu:   meaningful numbers on the embedded `shapes` data (10 classes; 2500 of its 5000 training
+#        images, its 1000 test images) on a 2-core CPU in well under an hour for all six methods,
+#        two steps at a time with one thread each. Budget ~10 CPU-minutes of training per method:
+#        ResNet-18 (small-image stem) or ViT-Tiny/4 at 16 px (ResNet-18 does ~70 images/s forward +
+#        backward per core there, 4x what 32 px allows: benchmarks/README.md), 4-5 epochs, batch 64,
+#        the benchmark recipes' short-run settings (SGD + momentum for BYOL and Barlow Twins, EMA
+#        momentum 0.99, small heads). Jigsaw and Colorization need more pixels (tiles of a 2x2 grid;
+#        ab maps at 1/4 resolution) and train at 32 px. DINO and DINO-Twins use ViT-Tiny/4 (seed 001's
+#        ViT-T/4) so that attention maps and Jaccard exist. These are estimates from measured
+#        throughputs: the wall time of a full run is in its REPORT.md.
+# gpu:   the seeds' comparison on a real dataset (seed 001's CIFAR-10 table: Barlow Twins and
+#        DINO-Twins with ResNet-50, DINO-Twins' ViT-T/4 for DINO; seed 002/003's BYOL recipe; seed
+#        004's pretext tasks at 64 px), 200 epochs, the paper batch sizes, one GPU, bf16.
 DATA = {  # profile: (training and evaluation data, data with segmentation masks for Jaccard)
     "smoke": ("shapes", "shapes"),
     "cpu": ("shapes", "shapes"),
@@ -59,12 +67,13 @@ DATA = {  # profile: (training and evaluation data, data with segmentation masks
 }
 
 COMMON_TRAIN = {  # options every method's train.py gets in the profile
-    "smoke": "--image-size 16 --max-images 64 --epochs 2 --batch-size 32 --warmup-epochs 0 --workers 0 "
+    "smoke": "--image-size 16 --max-images 64 --epochs 1 --batch-size 32 --warmup-epochs 0 --workers 0 "
              "--log-every 1",
-    "cpu": "--image-size 32 --max-images 2000 --batch-size 128 --warmup-epochs 1 --workers 1 --log-every 5",
+    "cpu": "--image-size 16 --max-images 2500 --batch-size 64 --warmup-epochs 1 --workers 0 --log-every 10",
     "gpu": "--image-size 32 --epochs 200 --workers 8 --download",
 }
 
+SGD = "--optimizer sgd --lr 0.12 --momentum 0.9 --weight-decay 5e-4"  # the benchmark recipes' short-run SGD
 TRAIN = {  # profile → method → (backbone, the method's options on top of COMMON_TRAIN)
     "smoke": {
         "dino":         ("vit_tiny", "--patch-size 4 --out-dim 256 --local-crops-number 2"),
@@ -76,21 +85,23 @@ TRAIN = {  # profile → method → (backbone, the method's options on top of CO
         "colorization": ("resnet18", ""),
     },
     "cpu": {
-        "dino":         ("vit_tiny", "--patch-size 4 --epochs 6 --out-dim 4096 --local-crops-number 2 "
+        "dino":         ("vit_tiny", "--patch-size 4 --epochs 5 --out-dim 2048 --local-crops-number 2 "
                                      "--momentum-teacher 0.99"),
-        "byol":         ("resnet18", "--epochs 6 --optimizer adamw --lr 1e-3 --tau 0.99"),
-        "barlow_twins": ("resnet18", "--epochs 6 --optimizer adamw --lr 1e-3 --projector 1024-1024-1024"),
-        "dino_twins":   ("vit_tiny", "--patch-size 4 --epochs 6 --out-dim 4096 --local-crops-number 2 "
-                                     "--momentum-teacher 0.99"),
-        "jigsaw":       ("resnet18", "--epochs 6 --num-permutations 100 --grid 2"),
-        "colorization": ("resnet18", "--epochs 6"),
+        "byol":         ("resnet18", f"--epochs 5 {SGD} --tau 0.99 --hidden-dim 1024 --out-dim 256"),
+        "barlow_twins": ("resnet18", f"--epochs 5 {SGD} --lr-biases 0.12 --batch-size 128 "
+                                     "--projector 1024-1024-1024"),
+        "dino_twins":   ("vit_tiny", "--patch-size 4 --epochs 5 --out-dim 2048 --local-crops-number 2 "
+                                     "--momentum-teacher 0.99 --warmup-teacher-temp-epochs 0 "
+                                     "--bt-projector 1024-1024-1024"),
+        "jigsaw":       ("resnet18", "--image-size 32 --epochs 4 --grid 2 --num-permutations 24"),
+        "colorization": ("resnet18", "--image-size 32 --epochs 4"),
     },
     "gpu": {
         "dino":         ("vit_tiny", "--patch-size 4 --batch-size 128 --out-dim 65536 --local-crops-number 6"),
-        "byol":         ("resnet50", "--batch-size 256 --optimizer sgd --lr 0.03 --weight-decay 4e-4 "
-                                     "--momentum 0.9"),
+        "byol":         ("resnet50", "--batch-size 256 --optimizer sgd --lr 0.12 --momentum 0.9 "
+                                     "--weight-decay 4e-4 --tau 0.996"),
         "barlow_twins": ("resnet50", "--batch-size 256"),
-        "dino_twins":   ("resnet50", "--batch-size 256 --out-dim 65536 --local-crops-number 6"),
+        "dino_twins":   ("resnet50", "--batch-size 256 --local-crops-number 6"),
         "jigsaw":       ("resnet50", "--batch-size 256 --num-permutations 1000 --grid 3 --image-size 64"),
         "colorization": ("resnet50", "--batch-size 256 --image-size 64"),
     },
@@ -101,8 +112,8 @@ EVAL = {  # profile → evaluation → options ("*": every evaluation script)
               "linear": "--epochs 5 --weight-decay 0", "finetune": "--epochs 1 --warmup-epochs 0",
               "attention": "--num-images 2", "jaccard": "--max-images 8 --num-examples 2",
               "retrieval": "--num-queries 3"},
-    "cpu": {"*": "--max-train 2000 --max-test 1000 --batch-size 256",
-            "linear": "--epochs 100", "finetune": "--epochs 15 --warmup-epochs 1",
+    "cpu": {"*": "--max-train 2500 --max-test 1000 --batch-size 256",
+            "linear": "--epochs 100", "finetune": "--epochs 10 --warmup-epochs 1",
             "tsne": "--max-test 500", "attention": "--num-images 4", "jaccard": "--max-images 200"},
     "gpu": {"*": "--batch-size 512 --workers 8", "linear": "--epochs 100", "finetune": "--epochs 50",
             "tsne": "--max-test 2000", "jaccard": "--max-images 1000"},
@@ -154,6 +165,24 @@ def _split(options: str) -> list[str]:
     return shlex.split(options) if options else []
 
 
+def merge(*option_lists: list[str]) -> list[str]:
+    """Concatenate option lists; an option given again replaces its earlier value (as argparse would
+    read it), so that each command names every option once."""
+    groups: dict[str, list[str]] = {}
+    for options in option_lists:
+        flag = None
+        for token in options:
+            if token.startswith("--"):
+                flag = token
+                groups.pop(flag, None)  # re-inserted last: the command reads in override order
+                groups[flag] = [token]
+            elif flag is None:
+                raise ValueError(f"option value {token!r} without an option before it")
+            else:
+                groups[flag].append(token)
+    return [t for group in groups.values() for t in group]
+
+
 def _extra(extras: list[tuple[str | None, str, str]], method: str | None, kind: str) -> list[str]:
     return [a for m, k, opts in extras if k == kind and m in (None, method) for a in _split(opts)]
 
@@ -171,11 +200,11 @@ def plan(cfg) -> list[Step]:
 
     def eval_args(kind, method, checkpoint, out, eval_on=eval_data):
         sized = "finetune" if kind == "scratch" else kind  # the baseline trains exactly as the fine-tuning
-        options = [*_split(ev.get("*", "")), *_split(ev.get(sized, "")), *_split(PROTOCOL[kind])]
         cache = ["--cache-dir", str(out.parent / "features")] if kind in ("knn", "linear", "retrieval", "tsne") else []
         ckpt = [] if checkpoint is None else ["--checkpoint", str(checkpoint)]
-        return [*ckpt, "--data", eval_on, *root, "--out", str(out), *device, "--seed", str(method[1]),
-                *cache, *options, *_extra(cfg.extra, method[0], kind)]
+        return merge([*ckpt, "--data", eval_on, *root, "--out", str(out), *device, "--seed", str(method[1]), *cache],
+                     _split(ev.get("*", "")), _split(ev.get(sized, "")), _split(PROTOCOL[kind]),
+                     _extra(cfg.extra, method[0], kind))
 
     steps, first_run_of = [], {}
     for seed in cfg.seeds:
@@ -183,9 +212,9 @@ def plan(cfg) -> list[Step]:
             arch, options = TRAIN[cfg.profile][method]
             run = cfg.runs / method / f"{cfg.profile}-{tag}-{arch}-s{seed}"
             train = Step(f"{method}/s{seed}/train", method, "train", seed, f"{method}/train.py",
-                         ["--data", data, *root, "--arch", arch, *_split(COMMON_TRAIN[cfg.profile]),
-                          *_split(options), "--seed", str(seed), *device, "--out", str(run),
-                          *_extra(cfg.extra, method, "train")], run)
+                         merge(["--data", data, *root, "--arch", arch], _split(COMMON_TRAIN[cfg.profile]),
+                               _split(options), ["--seed", str(seed), *device, "--out", str(run)],
+                               _extra(cfg.extra, method, "train")), run)
             steps.append(train)
             first_run_of.setdefault((arch, seed), run)
             ckpt = run / "checkpoint.pt"
@@ -251,60 +280,58 @@ def is_done(step: Step, markers: dict[str, dict]) -> bool:
     return result_json(step) is not None
 
 
-# --- running --------------------------------------------------------------------------------------
+# --- running ---------------------------------------------------------------------------------------
 
-class Interrupted(Exception):
-    pass
+class Job:
+    """One running command: a forked child (the fork launcher) or a `python script` process."""
+
+    def __init__(self, step: Step, pid: int, started: float, marker: dict):
+        self.step, self.pid, self.started, self.marker = step, pid, started, marker
+        self.interrupted = False
 
 
 class Launcher:
-    """Runs one command with its output in a log file; returns the exit code."""
+    """Starts commands with their output in a log file; `reap` collects those that ended."""
 
     def __init__(self, kind: str, threads: int | None = None):
         self.kind, self.threads = kind, threads
-        self.child = None
-        self.interrupted = False
         if kind == "fork":
             warm_imports()
 
-    def run(self, script: Path, argv: list[str], log: Path) -> int:
+    def start(self, script: Path, argv: list[str], log: Path) -> int:
         with log.open("a") as f:
             f.write(f"$ {shlex.join(['python', str(script.relative_to(ROOT)), *argv])}\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
         if self.kind == "fork":
-            return self._fork(script, argv, log)
+            pid = os.fork()
+            if pid == 0:
+                _child(script, argv, log, self.threads)  # never returns
+            return pid
         env = {**os.environ, **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})}
         with log.open("a") as f:
             proc = subprocess.Popen([sys.executable, str(script), *argv], cwd=ROOT, stdout=f,
                                     stderr=subprocess.STDOUT, env=env)
-            return self._wait(proc.pid, proc)
+        proc.returncode = 0  # reaped below with os.wait4 (for its CPU time), not by Popen
+        return proc.pid
 
-    def _fork(self, script: Path, argv: list[str], log: Path) -> int:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            _child(script, argv, log, self.threads)  # never returns
-        return self._wait(pid)
-
-    def _wait(self, pid: int, proc=None) -> int:
-        self.child = pid
-        try:
-            while True:
+    @staticmethod
+    def reap(jobs: dict[int, Job], block: bool) -> list[tuple[Job, int, float]]:
+        """(job, exit code, CPU seconds) of every job that ended; waits for one when `block`."""
+        ended = []
+        while not ended:
+            for pid in list(jobs):
                 try:
-                    if proc is not None:
-                        return proc.wait()
-                    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-                except KeyboardInterrupt:
-                    # The child got the same Ctrl-C and is saving its checkpoint: wait for it, then stop.
-                    self.interrupted = True
-                except InterruptedError:
-                    continue
-        finally:
-            self.child = None
-
-    def terminate(self):
-        if self.child:
-            os.kill(self.child, signal.SIGTERM)
+                    got, status, usage = os.wait4(pid, os.WNOHANG)
+                except ChildProcessError:
+                    got, status, usage = pid, 1 << 8, None
+                if got:
+                    cpu = usage.ru_utime + usage.ru_stime if usage else 0.0
+                    ended.append((jobs.pop(pid), os.waitstatus_to_exitcode(status), cpu))
+            if ended or not block or not jobs:
+                break
+            time.sleep(0.1)
+        return ended
 
 
 def _child(script: Path, argv: list[str], log: Path, threads: int | None) -> None:
@@ -313,13 +340,13 @@ def _child(script: Path, argv: list[str], log: Path, threads: int | None) -> Non
 
     code = 1
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if threads:
             import torch
 
             torch.set_num_threads(threads)
             os.environ["OMP_NUM_THREADS"] = str(threads)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -357,7 +384,7 @@ def warm_imports() -> None:
     matplotlib.use("Agg")
     for name in ("torch", "torchvision", "matplotlib.pyplot", "sklearn.manifold", "sklearn.metrics",
                  "common.engine", "common.datasets", "common.backbones", "common.augment", "common.loader",
-                 "eval.cli", "eval.features", "eval.knn"):
+                 "common.figures", "eval.cli", "eval.features", "eval.knn", "eval.attention"):
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 — a broken module fails its own step, with its traceback in the log
@@ -373,45 +400,48 @@ def last_line(log: Path) -> str:
     return (errors[-1] if errors else lines[-1] if lines else "")[:300]
 
 
-def run_step(step: Step, cfg, launcher: Launcher, markers: dict[str, dict]) -> None:
-    t0 = time.time()
+def prepare(step: Step, cfg, markers: dict[str, dict]) -> dict | None:
+    """Settle a step that needs no command (done, blocked, missing) or return its new marker."""
     for dep in step.needs:
         if dep not in markers or markers[dep].get("status") != "ok":
             step.status, step.reason = "blocked", f"needs {dep}, which did not succeed"
-            return
-    script = ROOT / step.script
-    if not script.exists():
+            return None
+    if not (ROOT / step.script).exists():
         step.status, step.reason = "missing", f"{step.script} does not exist (yet)"
-        return
+        return None
     if step.snapshots is not None and not glob.glob(str(step.snapshots / "epoch*.pt")):
         step.status, step.reason = "failed", f"no snapshots in {step.snapshots} (the engine writes them)"
-        return
+        return None
     if not cfg.force and is_done(step, markers):
         step.status = "done"
         markers[step.id] = read_marker(step)
         step.wall_s = markers[step.id].get("wall_s")
-        return
+        return None
     old = read_marker(step)
-    resumable = step.kind == "train" and old is not None and old.get("command") == step.command() \
-        and old.get("status") in ("running", "failed", "interrupted") and not cfg.force
+    # An interrupted or failed training run with the same command resumes from its checkpoint;
+    # anything else starts afresh.
+    resumable = (step.kind == "train" and not cfg.force and old is not None and old.get("command") == step.command()
+                 and old.get("status") in ("running", "failed", "interrupted"))
     if step.out.exists() and not resumable:
         _clear(step.out, cfg.runs)
     step.out.mkdir(parents=True, exist_ok=True)
-    log = step.out / LOG
     marker = {"id": step.id, "command": step.command(), "status": "running", "started": time.time(),
-              "log": str(log), "launcher": launcher.kind,
+              "log": str(step.out / LOG), "launcher": cfg.launcher, "threads": cfg.threads,
               "after": {d: markers[d].get("finished") for d in step.needs}}
     write_marker(step, marker)
-    launcher.interrupted = False
-    cpu0 = _children_cpu()
-    rc = launcher.run(script, step.argv(), log)
-    wall = time.time() - t0
-    marker.update(rc=rc, wall_s=round(wall, 2), cpu_s=round(_children_cpu() - cpu0, 2), finished=time.time())
-    if launcher.interrupted:
-        marker["status"] = step.status = "interrupted"
-        step.reason = "interrupted; re-run the same command to continue"
+    return marker
+
+
+def finish(job: Job, rc: int, cpu: float, markers: dict[str, dict]) -> None:
+    step, marker = job.step, job.marker
+    log = step.out / LOG
+    marker.update(rc=rc, wall_s=round(time.time() - job.started, 2), cpu_s=round(cpu, 2), finished=time.time())
+    step.wall_s = marker["wall_s"]
+    if job.interrupted:
+        marker["status"], step.status = "interrupted", "interrupted"
+        marker["reason"] = step.reason = "interrupted; re-run the same command to continue"
         write_marker(step, marker)
-        raise Interrupted
+        return
     if rc == 0 and result_json(step) is None:
         rc, step.reason = 1, "exited 0 but wrote no result"
     elif rc != 0:
@@ -420,17 +450,63 @@ def run_step(step: Step, cfg, launcher: Launcher, markers: dict[str, dict]) -> N
     marker["reason"] = step.reason
     result = result_json(step)
     marker["result"] = str(result) if result else None
-    step.wall_s = marker["wall_s"]
     write_marker(step, marker)
     markers[step.id] = marker
 
 
-def _children_cpu() -> float:
-    """CPU seconds (user + system) of the finished children: a step's cost, whatever else the machine runs."""
-    import resource
+def run_all(steps: list[Step], cfg, launcher: Launcher) -> bool:
+    """Run the steps, up to --jobs at a time, each as soon as the steps it needs have ended, in plan
+    order otherwise. Returns False when interrupted (Ctrl-C or SIGTERM): running steps are left to
+    save and stop, later ones are not started."""
+    markers: dict[str, dict] = {}
+    pending, jobs = list(steps), {}
+    ended = 0
+    unsettled = {s.id for s in steps}
 
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    def report(step):
+        nonlocal ended
+        ended += 1
+        unsettled.discard(step.id)
+        took = f" ({step.wall_s:.1f} s)" if step.wall_s is not None and step.status != "done" else ""
+        print(f"[{ended:3d}/{len(steps)}] {step.id:34s} {step.status}{took}"
+              f"{': ' + step.reason if step.reason else ''}", flush=True)
+
+    def on_term(signum, frame):
+        for pid in jobs:
+            os.kill(pid, signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    interrupted = False
+    try:
+        while pending or jobs:
+            try:
+                while pending and len(jobs) < cfg.jobs:
+                    step = next((s for s in pending if not any(d in unsettled for d in s.needs)), None)
+                    if step is None:
+                        break
+                    pending.remove(step)
+                    marker = prepare(step, cfg, markers)
+                    if marker is None:
+                        report(step)
+                        continue
+                    pid = launcher.start(ROOT / step.script, step.argv(), step.out / LOG)
+                    jobs[pid] = Job(step, pid, time.time(), marker)
+                for job, rc, cpu in launcher.reap(jobs, block=True):
+                    finish(job, rc, cpu, markers)
+                    report(job.step)
+            except KeyboardInterrupt:
+                # The children got the same Ctrl-C (or our SIGTERM) and are saving: wait for them.
+                interrupted = True
+                pending.clear()
+                for job in jobs.values():
+                    job.interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    for step in steps:
+        if step.status == "planned":
+            step.status, step.reason = "not run", "the pipeline was interrupted before this step"
+    return not interrupted
 
 
 def _clear(path: Path, runs: Path) -> None:
@@ -469,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Resumable: a step whose result exists is skipped; re-run the same command after an "
                     "interruption.",
         epilog="profiles (tables in eval/pipeline.py):\n"
-               "  smoke  whole pipeline in minutes on CPU (tests): 16 px, 64 images, 2 epochs\n"
+               "  smoke  whole pipeline in minutes on CPU (tests): 16 px, 64 images, 1 epoch\n"
                "  cpu    meaningful numbers on `shapes` on a 2-core CPU, well under an hour\n"
                "  gpu    the seeds' settings on CIFAR-10 (ResNet-50 / ViT-T/4, 200 epochs), one GPU\n"
                "exit code: 0 all steps succeeded, 1 a step failed / was blocked / is missing, 130 interrupted")
@@ -493,10 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=("fork", "subprocess"), default=None,
                    help="fork: import torch once, run each step in a forked child (default on Linux for "
                         "smoke and cpu); subprocess: plain `python script.py` per step")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="steps run at the same time (default: smoke and cpu: one per CPU core, at most 2; gpu: 1)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of every step (default: 1 in the smoke profile, whose tiny tensors gain "
-                        "nothing from a second thread and lose much when the machine is busy; torch's choice "
-                        "otherwise)")
+                   help="CPU threads of every step (default: 1 when several steps run at once, which on small "
+                        "tensors beats one step with 2 threads and degrades far less on a busy machine; "
+                        "torch's choice otherwise)")
     p.add_argument("--dry-run", action="store_true", help="print the steps and their status, run nothing")
     return p
 
@@ -514,14 +592,31 @@ def parse_args(argv=None):
         cfg.profile = "gpu" if has_cuda() else "cpu"
     if cfg.launcher is None:
         cfg.launcher = "fork" if (sys.platform.startswith("linux") and cfg.profile != "gpu") else "subprocess"
-    if cfg.threads is None and cfg.profile == "smoke":
+    if cfg.jobs is None:
+        cfg.jobs = 1 if cfg.profile == "gpu" else max(1, min(2, os.cpu_count() or 1))
+    if cfg.threads is None and cfg.jobs > 1 and cfg.profile != "gpu":
         cfg.threads = 1
-    if cfg.threads is not None and cfg.threads < 1:
-        raise SystemExit("error: --threads must be >= 1")
+    if cfg.jobs < 1 or (cfg.threads is not None and cfg.threads < 1):
+        raise SystemExit("error: --jobs and --threads must be >= 1")
     if cfg.launcher == "fork" and not hasattr(os, "fork"):
         raise SystemExit("error: --launcher fork needs a platform with fork(); use --launcher subprocess")
-    cfg.runs, cfg.out = Path(cfg.runs).absolute(), Path(cfg.out).absolute()
+    cfg.runs, cfg.out = _from_root(cfg.runs), _from_root(cfg.out)
+    for name in ("data", "eval_data", "mask_data"):  # a path (not a registry name) is read from the root
+        if getattr(cfg, name) and Path(getattr(cfg, name)).exists():
+            setattr(cfg, name, str(_from_root(getattr(cfg, name))))
+    if cfg.data_root:
+        cfg.data_root = str(_from_root(cfg.data_root))
     return cfg
+
+
+def _from_root(path) -> Path:
+    """A path given on the command line, as the steps (run from the repository root) must see it:
+    relative to the root when it lies inside, so that commands and reports stay portable."""
+    path = Path(path).absolute()
+    try:
+        return path.relative_to(ROOT)
+    except ValueError:
+        return path
 
 
 def host() -> dict:
@@ -545,6 +640,7 @@ def report_digest(steps: list[Step], cfg) -> str:
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
+    os.chdir(ROOT)  # every command is run, and every relative path read, from the repository root
     steps = plan(cfg)
     if cfg.dry_run:
         markers = {}
@@ -557,36 +653,11 @@ def main(argv=None) -> int:
         return 0
 
     print(f"[run_all] profile {cfg.profile}, methods {' '.join(cfg.methods)}, seeds "
-          f"{' '.join(map(str, cfg.seeds))}, {len(steps)} steps, launcher {cfg.launcher}; runs in {cfg.runs}, "
+          f"{' '.join(map(str, cfg.seeds))}: {len(steps)} steps, {cfg.jobs} at a time "
+          f"({cfg.launcher} launcher, {cfg.threads or 'default'} thread(s) each); runs in {cfg.runs}, "
           f"report in {cfg.out}", flush=True)
     t0, started = time.time(), time.strftime("%Y-%m-%d %H:%M:%S")
-    launcher = Launcher(cfg.launcher, cfg.threads)
-    markers: dict[str, dict] = {}
-    interrupted = False
-
-    def on_term(signum, frame):
-        launcher.terminate()
-        raise KeyboardInterrupt
-
-    old_term = signal.signal(signal.SIGTERM, on_term)
-    try:
-        for i, step in enumerate(steps, 1):
-            print(f"[{i:3d}/{len(steps)}] {step.id:32s} ", end="", flush=True)
-            try:
-                run_step(step, cfg, launcher, markers)
-            except (Interrupted, KeyboardInterrupt):
-                if step.status in ("planned", "running"):
-                    step.status, step.reason = "interrupted", "interrupted; re-run the same command to continue"
-                interrupted = True
-                print("interrupted", flush=True)
-                break
-            took = f" ({step.wall_s:.1f} s)" if step.wall_s is not None and step.status != "done" else ""
-            print(f"{step.status}{took}{': ' + step.reason if step.reason else ''}", flush=True)
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-    for step in steps:
-        if step.status == "planned":
-            step.status, step.reason = "not run", "the pipeline was interrupted before this step"
+    finished = run_all(steps, cfg, Launcher(cfg.launcher, cfg.threads))
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -594,7 +665,7 @@ def main(argv=None) -> int:
         "profile": cfg.profile, "methods": cfg.methods, "seeds": cfg.seeds, "runs": str(cfg.runs),
         "data": cfg.data or DATA[cfg.profile][0], "eval_data": cfg.eval_data or cfg.data or DATA[cfg.profile][0],
         "mask_data": cfg.mask_data or DATA[cfg.profile][1], "device": cfg.device, "launcher": cfg.launcher,
-        "threads": cfg.threads,
+        "threads": cfg.threads, "jobs": cfg.jobs,
         "started": started, "wall_s": round(time.time() - t0, 1), "host": host(),
         "settings": {"common_train": COMMON_TRAIN[cfg.profile],
                      "train": {m: list(TRAIN[cfg.profile][m]) for m in cfg.methods},
@@ -619,7 +690,7 @@ def main(argv=None) -> int:
     bad = [s for s in steps if s.status in ("failed", "blocked", "missing", "interrupted", "not run")]
     counts = {k: sum(s.status == k for s in steps) for k in dict.fromkeys(s.status for s in steps)}
     print(f"[run_all] {', '.join(f'{v} {k}' for k, v in counts.items())} in {time.time() - t0:.0f} s", flush=True)
-    if interrupted:
+    if not finished:
         return 130
     if bad:
         for s in bad:

@@ -150,7 +150,8 @@ class Report:
 
     def header(self):
         m, host = self.m, self.m.get("host", {})
-        compute = sum((s.get("marker") or {}).get("wall_s") or 0 for s in self.steps)
+        wall = sum((s.get("marker") or {}).get("wall_s") or 0 for s in self.steps)
+        cpu = sum((s.get("marker") or {}).get("cpu_s") or 0 for s in self.steps)
         self.add("# ssl-lab report", "",
                  f"Profile **{m['profile']}**; methods {', '.join(TITLES.get(x, x) for x in self.methods())}; "
                  f"seeds {', '.join(map(str, m['seeds']))}; training and evaluation data `{m['data']}` "
@@ -158,9 +159,11 @@ class Report:
                  f"- regenerate: `{m['command']}`",
                  f"- generated: {time.strftime('%Y-%m-%d %H:%M:%S')} (this invocation started {m['started']}, "
                  f"took {m['wall_s']:.0f} s)",
-                 f"- compute time of all steps (as they ran, resumed ones included): {compute / 60:.1f} min",
+                 f"- the steps as they last ran: {wall / 60:.1f} min of wall time summed over steps "
+                 f"({m.get('jobs', 1)} at a time), {cpu / 60:.1f} min of CPU time",
                  f"- host: {host.get('platform')}, {host.get('cpus')} CPUs, Python {host.get('python')}, "
-                 f"torch {host.get('torch')}, device option `{m['device']}`, launcher `{m['launcher']}`",
+                 f"torch {host.get('torch')}; device option `{m['device']}`, launcher `{m['launcher']}`, "
+                 f"{m.get('threads') or 'default'} thread(s) per step",
                  f"- steps: {self._counts()}")
 
     def _counts(self) -> str:
@@ -203,8 +206,13 @@ class Report:
                     steps = self.find(f"random init {arch}", kind)
                     values = [read(j) for s in steps if (j := self.result(s))]
                 elif kind == "jaccard":
+                    # The same random network (seeded) is scored by every ViT run: take one per seed.
                     steps = [s for m in self.methods() if self.arch_of(m) == arch for s in self.find(m, kind)]
-                    values = [_get(j, "rows", "random_init", "dino_best_head") for s in steps if (j := self.result(s))]
+                    per_seed = {}
+                    for s in steps:
+                        if (j := self.result(s)) and s["seed"] not in per_seed:
+                            per_seed[s["seed"]] = _get(j, "rows", "random_init", "dino_best_head")
+                    values = list(per_seed.values())
                 else:
                     steps, values = [], []
                 cell = fmt(values)
@@ -224,7 +232,7 @@ class Report:
         rows = [r for r in table if any(table[r].get(n) for n in names)]
         if not rows:
             return None
-        fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(rows) + 2), 4))
+        fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(rows) + 4), 4))
         width = 0.8 / len(names)
         for i, name in enumerate(names):
             heights = [mean_std(v)[0] if (v := [x for x in table[r].get(name, []) if x is not None]) else 0
@@ -232,9 +240,12 @@ class Report:
             ax.bar([k + i * width for k in range(len(rows))], heights, width, label=name)
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(rows))],
                       [TITLES.get(r, r) for r in rows], rotation=20, ha="right")
+        classes = [j.get("num_classes") for s in self.steps if s["kind"] == "knn" and (j := self.result(s))]
+        if classes and classes[0]:
+            ax.axhline(100 / classes[0], color="k", ls="--", lw=0.8, label=f"chance ({classes[0]} classes)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"Results on {self.m['eval_data']} ({self.m['profile']} profile)")
-        ax.legend(fontsize=8, ncol=2)
+        ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
         ax.grid(axis="y", alpha=0.3)
         return _save(fig, self.fig_dir / "results.png")
 
@@ -262,8 +273,11 @@ class Report:
                     ax_knn.plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], "o-", color=f"C{c}",
                                 lw=1.4 if n == 0 else 0.7, ms=3, label=label)
                     any_knn = True
-        ax_loss.set(xlabel="epoch", ylabel="training loss / loss at the first logged step", yscale="log",
+        ax_loss.set(xlabel="epoch", ylabel="training loss / loss at the first logged step",
                     title="Training loss of every method (relative: each loss has its own scale)")
+        lows, highs = ax_loss.get_ylim()
+        if any_loss and lows > 0 and highs / lows > 20:
+            ax_loss.set_yscale("log")
         ax_knn.set(xlabel="epoch", ylabel="kNN top-1 (%)", title=f"kNN monitor on {self.m['eval_data']} "
                    "(k = 20, T = 0.07)")
         for ax, present in ((ax_loss, any_loss), (ax_knn, any_knn)):

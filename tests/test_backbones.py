@@ -189,3 +189,22 @@ def test_bad_options_are_one_line_errors():
         build_backbone("vit_tiny", image_size=32, drop_path_rate=1.0)
     with pytest.raises(ValueError, match="in_chans"):
         build_backbone("resnet18", in_chans=0)
+
+
+def test_lab_lightness_input_mode_round_trips_through_kwargs():
+    """The colorization encoder: RGB in, L inside; `build_backbone(**kwargs)` rebuilds it for eval."""
+    from colorization.lab import rgb_to_lab
+    from common.augment import MEAN, STD
+
+    net = build_backbone("resnet18", image_size=16, in_chans=1, input_mode="lab_l").eval()
+    again = build_backbone(**net.kwargs).eval()
+    again.load_state_dict(net.state_dict())
+    plain = build_backbone("resnet18", image_size=16, in_chans=1).eval()
+    plain.load_state_dict(net.state_dict())
+    rgb = torch.rand(2, 3, 16, 16)
+    x = (rgb - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    lightness = (rgb_to_lab(rgb)[:, :1] - 50) / 100
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), plain(lightness), atol=1e-4, rtol=1e-4)
+    with pytest.raises(BackboneError, match="needs in_chans=1"):
+        build_backbone("resnet18", image_size=16, input_mode="lab_l")
