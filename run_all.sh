@@ -7,5 +7,5 @@
 #   ./run_all.sh --methods dino byol --seeds 0 1 2 --data cifar10 --data-root /data
 # Options: ./run_all.sh --help (the driver is eval/pipeline.py; its tables hold every setting).
 source "$(dirname "$0")/scripts/bootstrap.sh"   # .venv with the locked versions; sets ROOT, PATH
-cd "$ROOT"
+# Relative paths in the options are read from the current folder; the steps run from $ROOT.
 exec python -m eval.pipeline "$@"

@@ -8,6 +8,10 @@ target gets no gradient; it is an exponential moving average of the online weigh
 
 Loss (Eq. 2), on L2-normalised vectors: ‖q̄ − z̄′‖² = 2 − 2·⟨q, z′⟩/(‖q‖·‖z′‖), symmetrised by
 feeding each view to both networks (Eq. 3): L = L(v → v′) + L(v′ → v).
+
+Under DDP the loss is a per-sample mean, so DDP's gradient averaging already gives the gradient of
+the global batch; the paper's BatchNorm statistics span the whole batch, which `--sync-bn` gives
+on GPUs (without it each process normalises with its own share).
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ class BYOL(SSLMethod):
     nan_hint = "lower --lr (LARS: the base lr is per 256 images) or raise --warmup-epochs"
 
     def __init__(self, backbone: nn.Module, hidden_dim: int = 4096, out_dim: int = 256,
-                 tau: float = 0.996, epochs: int = 300, steps_per_epoch: int = 1):
+                 tau: float = 0.996, epochs: int = 1000, steps_per_epoch: int = 1):
         super().__init__()
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"the target decay rate tau must lie in [0, 1], got {tau}")

@@ -23,15 +23,20 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`: a process
-    killed during the save leaves the previous checkpoint intact."""
+    """Save `state` in the common format, atomically (see atomic_save)."""
+    atomic_save({"format": FORMAT, **state}, path)
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a unique temporary file in the same folder, fsync, then rename over `path`:
+    a process killed during the save leaves the previous file intact, and concurrent writers of
+    the same path never clash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, **state}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

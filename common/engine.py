@@ -276,11 +276,11 @@ class Trainer:
             reason = "signal"
         finally:
             self._restore_signals()
-        if last_saved != step:
+        if last_saved != step:  # stopped mid-epoch: the epoch end neither saved nor drew this step
             self._check_finite(bad, step, method, last_saved)
             self.save(method, optimizer, scaler, step)
-        if rt.is_main:
-            plot_metrics(self.run_dir)
+            if rt.is_main:
+                plot_metrics(self.run_dir)
         summary = {"event": "stop", "reason": reason, "step": step, "epoch": step / self.steps_per_epoch,
                    "wall_time_s": round(self.wall_time(), 2)}
         logger.log(summary, show=False)

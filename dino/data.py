@@ -4,7 +4,7 @@ student sees, so that the student learns "local-to-global" correspondences."""
 
 from __future__ import annotations
 
-from common.augment import MultiCrop, crop_sizes
+from common.augment import MultiCrop
 
 
 class DINOViews(MultiCrop):
@@ -13,4 +13,3 @@ class DINOViews(MultiCrop):
     def __init__(self, args):
         super().__init__(args.image_size, global_scale=tuple(args.global_crops_scale),
                          local_scale=tuple(args.local_crops_scale), n_local=args.local_crops_number)
-        self.global_size, self.local_size = crop_sizes(args.image_size)

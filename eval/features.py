@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from common.checkpoint import atomic_save
 
 
 def subset_indices(n: int, max_n: int | None) -> list[int]:
@@ -92,8 +93,5 @@ def cached_features(backbone, checkpoint_path, dataset, data: str, data_root, sp
             path.unlink(missing_ok=True)
     feats, labels = extract_features(backbone, dataset, indices, eval_transform(image_size),
                                      batch_size, workers, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"features": feats, "labels": labels}, tmp)
-    os.replace(tmp, path)
+    atomic_save({"features": feats, "labels": labels}, path)
     return feats, labels, False

@@ -144,6 +144,7 @@ class Step:
     out: Path                     # the step's own folder (a run directory for training)
     needs: list[str] = field(default_factory=list)
     snapshots: Path | None = None  # t-SNE: the checkpoints are the snapshots found here when it runs
+    after: list[str] = field(default_factory=list)  # steps to let end first, whatever their outcome
     status: str = "planned"
     reason: str = ""
     wall_s: float | None = None
@@ -228,6 +229,9 @@ def plan(cfg) -> list[Step]:
                             out, needs=[train.id])
                 if kind == "tsne":
                     step.snapshots = run / "snapshots"
+                if kind in ("linear", "retrieval"):
+                    # they read the features kNN extracts into the shared cache: one writer at a time
+                    step.after = [f"{method}/s{seed}/knn"]
                 steps.append(step)
         # Baselines per backbone: the first run's initialisation snapshot (epoch 0, before any
         # update) is the random network; the supervised run only takes its architecture from it.
@@ -242,7 +246,8 @@ def plan(cfg) -> list[Step]:
                                           ("scratch", f"supervised {arch}", run / "checkpoint.pt")):
                 out = base / kind
                 steps.append(Step(f"baselines/{arch}/s{seed}/{kind}", row, kind, seed, SCRIPTS[kind],
-                                  eval_args(kind, ("baselines", seed), checkpoint, out), out, needs=needs))
+                                  eval_args(kind, ("baselines", seed), checkpoint, out), out, needs=needs,
+                                  after=[f"baselines/{arch}/s{seed}/knn"] if kind == "linear" else []))
     return steps
 
 
@@ -391,6 +396,23 @@ def warm_imports() -> None:
             pass
 
 
+def prepare_data(cfg) -> None:
+    """Open the data sets once before the steps start, so that a generated one (`shapes`) is made
+    once rather than by two steps at the same time; a data set that does not open is left for the
+    steps to report."""
+    try:
+        from common.datasets import build_dataset
+    except Exception:  # noqa: BLE001 — reported by the steps
+        return
+    names = {cfg.data or DATA[cfg.profile][0], cfg.eval_data or cfg.data or DATA[cfg.profile][0],
+             cfg.mask_data or DATA[cfg.profile][1]}
+    for name in names:
+        try:
+            build_dataset(name, cfg.data_root, "train")
+        except Exception:  # noqa: BLE001 — reported by the steps, with the registry's message
+            pass
+
+
 def last_line(log: Path) -> str:
     try:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
@@ -477,12 +499,13 @@ def run_all(steps: list[Step], cfg, launcher: Launcher) -> bool:
         raise KeyboardInterrupt
 
     old_term = signal.signal(signal.SIGTERM, on_term)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     interrupted = False
     try:
         while pending or jobs:
             try:
                 while pending and len(jobs) < cfg.jobs:
-                    step = next((s for s in pending if not any(d in unsettled for d in s.needs)), None)
+                    step = next((s for s in pending if not any(d in unsettled for d in (*s.needs, *s.after))), None)
                     if step is None:
                         break
                     pending.remove(step)
@@ -503,6 +526,7 @@ def run_all(steps: list[Step], cfg, launcher: Launcher) -> bool:
                     job.interrupted = True
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
     for step in steps:
         if step.status == "planned":
             step.status, step.reason = "not run", "the pipeline was interrupted before this step"
@@ -560,8 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", default=None, help="labelled data for kNN / linear / fine-tuning / t-SNE / "
                                                      "retrieval (default: --data)")
     p.add_argument("--mask-data", default=None, help="data with segmentation masks for Jaccard (default: shapes)")
-    p.add_argument("--runs", default="runs", help="where run directories go")
-    p.add_argument("--out", default="reports", help="where REPORT.md, its figures and pipeline.json go")
+    p.add_argument("--runs", default=str(ROOT / "runs"), help="where run directories go")
+    p.add_argument("--out", default=str(ROOT / "reports"), help="where REPORT.md, its figures and pipeline.json go")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="device of every step")
     p.add_argument("--force", action="store_true", help="re-run steps whose results exist")
     p.add_argument("--extra", action="append", default=[], metavar="[METHOD.]STEP=OPTIONS",
@@ -657,7 +681,10 @@ def main(argv=None) -> int:
           f"({cfg.launcher} launcher, {cfg.threads or 'default'} thread(s) each); runs in {cfg.runs}, "
           f"report in {cfg.out}", flush=True)
     t0, started = time.time(), time.strftime("%Y-%m-%d %H:%M:%S")
-    finished = run_all(steps, cfg, Launcher(cfg.launcher, cfg.threads))
+    launcher = Launcher(cfg.launcher, cfg.threads)
+    if cfg.launcher == "fork":
+        prepare_data(cfg)
+    finished = run_all(steps, cfg, launcher)
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     manifest = {

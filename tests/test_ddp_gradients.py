@@ -98,7 +98,10 @@ def ddp_results(tmp_path_factory):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    # fork (where there is one) spares each child the import of torch; the process group is only
+    # created in the children
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True, start_method=method)
     return {(name, rank): torch.load(out / f"{name}-{rank}.pt")
             for name in ("barlow_twins", "byol") for rank in range(WORLD)}
 

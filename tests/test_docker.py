@@ -50,25 +50,41 @@ def args_of(instructions, keyword: str) -> list[str]:
     return [a for k, a in instructions if k == keyword]
 
 
-def imported_packages(package: str) -> set[str]:
-    """The project packages that the modules of `package` import (absolute imports, any depth)."""
-    found = set()
-    for path in (REPO / package).glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-            found |= {n.split(".")[0] for n in names if n.split(".")[0] in PACKAGES}
-    return found
+def module_file(name: str) -> Path | None:
+    path = REPO.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_files(path: Path) -> set[Path]:
+    """The project's files that `path` imports (absolute imports, at any depth in the module, with
+    the __init__.py of their packages)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    files = set()
+    for name in names:
+        if name.split(".")[0] in PACKAGES and (f := module_file(name)):
+            files.add(f)
+            files |= {f for i in range(1, name.count(".") + 1) if (f := module_file(".".join(name.split(".")[:i])))}
+    return files
 
 
 def needed(method: str) -> set[str]:
-    todo, seen = [method, "eval"], set()
+    """Every project file that `python <method>/train.py` and the eval scripts can import."""
+    todo = [REPO / method / "train.py", *(REPO / "eval").glob("*.py"), *(REPO / "common").glob("*.py")]
+    seen: set[Path] = set()
     while todo:
-        package = todo.pop()
-        if package not in seen:
-            seen.add(package)
-            todo.extend(imported_packages(package))
-    return seen
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(imported_files(path))
+    return {p.relative_to(REPO).as_posix() for p in seen}
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +121,19 @@ def test_copies_exactly_what_the_method_and_eval_import(dockerfiles):
     for method, instructions in dockerfiles.items():
         copied = set()
         for args in args_of(instructions, "COPY"):
-            parts = [p for p in args.split() if not p.startswith("--")]
             assert "--from" not in args
+            parts = [p for p in args.split() if not p.startswith("--")]
             for source in parts[:-1]:
-                assert (REPO / source).exists(), (method, source)
+                path = REPO / source
+                assert path.exists(), (method, source)
+                files = path.rglob("*.py") if path.is_dir() else [path]
+                copied |= {f.relative_to(REPO).as_posix() for f in files if "__pycache__" not in f.parts}
                 copied.add(source.rstrip("/"))
-        packages = {c for c in copied if c in PACKAGES}
-        assert packages == needed(method), (method, packages, needed(method))
+        need = needed(method)
+        assert need <= copied, (method, sorted(need - copied))
+        assert f"{method}/train.py" in need and "eval/knn.py" in need
+        packages = lambda files: {f.split("/")[0] for f in files if f.split("/")[0] in PACKAGES}  # noqa: E731
+        assert packages(copied) == packages(need), (method, packages(copied) - packages(need))
         assert "requirements.lock" in copied
         assert not copied & {".", "runs", "data", "reports", ".venv", "tests"}
 
