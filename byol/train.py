@@ -35,13 +35,14 @@ DEFAULTS = dict(optimizer="lars", lr=0.2, min_lr=0.0, weight_decay=1.5e-6, warmu
 # batch/256, so base lr 0.12 gives 0.03 at batch 64; --min-lr 0.03 keeps it constant (no decay, no
 # warm-up), as in that code.
 RECIPES = {
-    "stl10-sgd": dict(data="stl10", arch="resnet18", image_size=96, batch_size=64, epochs=15,
+    "stl10-sgd": dict(data="stl10", train_split="unlabeled", arch="resnet18", image_size=96, batch_size=64, epochs=15,
                       optimizer="sgd", lr=0.12, min_lr=0.03, warmup_epochs=0, momentum=0.9,
                       weight_decay=4e-4, hidden_dim=512, out_dim=128),
 }
 
 
-RECIPE_NOTES = {"stl10-sgd": "seed 003: SGD at a constant lr 0.03 with batch 64, momentum 0.9, weight decay 4e-4"}
+RECIPE_NOTES = {"stl10-sgd": "seed 003: the 100k unlabelled STL-10 images, SGD at a constant lr 0.03 with batch 64, "
+                             "momentum 0.9, weight decay 4e-4"}
 
 
 def recipe_help() -> str:

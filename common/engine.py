@@ -340,7 +340,7 @@ def _labelled(dataset) -> bool:
 def build_datasets(args, logger_notes: list):
     from common.datasets import DatasetError, build_dataset
 
-    train_set = build_dataset(args.data, args.data_root, "train", args.download)
+    train_set = build_dataset(args.data, args.data_root, args.train_split, args.download)
     base = train_set
     val_set = None
     try:
@@ -372,7 +372,8 @@ def build_monitor(args, base_train_set, runtime, notes: list):
         name = args.data
     if name == "none" or not args.eval_every:
         return None
-    bank = base_train_set if name == args.data else build_dataset(name, args.data_root, "train", args.download)
+    labelled_bank = name == args.data and args.train_split == "train"
+    bank = base_train_set if labelled_bank else build_dataset(name, args.data_root, "train", args.download)
     query = build_dataset(name, args.data_root, "test", args.download)
     cap = args.max_images
     return KNNMonitor(bank, query, args.image_size, batch_size=min(256, max(args.batch_size, 32)),

@@ -42,7 +42,9 @@ class ResumableSampler(Sampler):
 
     shuffle=True: a permutation seeded by (seed, epoch), cut into global batches (drop_last),
     each split evenly across processes; `set_epoch(epoch, start_batch)` starts mid-epoch.
-    shuffle=False: every index once, in order, strided across processes (for evaluation).
+    shuffle=False: every index in order, strided across processes (for evaluation); under DDP
+    the last indices wrap around so that every process runs the same number of batches (as
+    DistributedSampler), which methods with collectives in their forward need.
     """
 
     def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1,
@@ -63,7 +65,8 @@ class ResumableSampler(Sampler):
 
     def _indices(self) -> list[int]:
         if not self.shuffle:
-            return list(range(self.rank, self.n, self.world_size))
+            padded = -(-self.n // self.world_size) * self.world_size
+            return [i % self.n for i in range(self.rank, padded, self.world_size)]
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=g)
         per = self.global_batch // self.world_size
@@ -78,7 +81,7 @@ class ResumableSampler(Sampler):
 
     def __len__(self):
         if not self.shuffle:
-            return len(range(self.rank, self.n, self.world_size))
+            return -(-self.n // self.world_size)
         return (self.batches_per_epoch - self.start_batch) * (self.global_batch // self.world_size)
 
 

@@ -24,6 +24,8 @@ def base_parser(method: str, description: str = "", **defaults) -> argparse.Argu
                    help="dataset name from the registry (shapes, digits, cifar10, cifar100, stl10, imagenette, "
                         "tiny-imagenet, imagefolder, coco, voc2012, places365) or a path to an image folder")
     d.add_argument("--data-root", default=default_data_root(), help="where datasets live ($SSL_DATA or ./data)")
+    d.add_argument("--train-split", default="train",
+                   help="split to train on (e.g. train+unlabeled for stl10 and coco)")
     d.add_argument("--download", action="store_true", help="download the dataset where torchvision can")
     d.add_argument("--eval-data", default=None,
                    help="labelled dataset for the periodic kNN monitor (default: the training data when it "

@@ -97,6 +97,9 @@ def test_sampler_resumes_mid_epoch_and_shards():
     assert [i for _, i in s] != [i for _, i in full]
     r0, r1 = ResumableSampler(20, 4, 3, rank=0, world_size=2), ResumableSampler(20, 4, 3, rank=1, world_size=2)
     ranks = [i for _, i in r0], [i for _, i in r1]
+    e0, e1 = ResumableSampler(5, 4, 3, 0, 2, shuffle=False), ResumableSampler(5, 4, 3, 1, 2, shuffle=False)
+    assert [i for _, i in e0] == [0, 2, 4] and [i for _, i in e1] == [1, 3, 0]  # padded: equal counts
+    assert len(e0) == len(e1) == 3
     for b in range(5):  # each global batch is split between the two processes
         assert sorted(ranks[0][2 * b:2 * b + 2] + ranks[1][2 * b:2 * b + 2]) == sorted(
             i for _, i in full[4 * b:4 * b + 4])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import toy_method
+
 from common.checkpoint import load_checkpoint
 from common.logging import read_metrics
 
@@ -34,7 +34,7 @@ def assert_same_state(a, b):
     assert ca["step"] == cb["step"]
     for k, v in ca["model"].items():
         assert torch.equal(v, cb["model"][k]), k
-    for (ka, va), (kb, vb) in zip(ca["optimizer"]["state"].items(), cb["optimizer"]["state"].items()):
+    for (ka, va), (_, vb) in zip(ca["optimizer"]["state"].items(), cb["optimizer"]["state"].items()):
         for name in va:
             assert torch.equal(torch.as_tensor(va[name]), torch.as_tensor(vb[name])), (ka, name)
 
