@@ -27,3 +27,13 @@ def shared_data():
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} is absent (the shared sample datasets sit beside the repository)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation (and, on a busy 2-core
+    machine, contention). Modules opt in with pytestmark = pytest.mark.usefixtures("one_thread")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,14 +9,7 @@ from torch import nn
 
 from common.backbones import ARCHS, Attention, BackboneError, DropPath, build_backbone, drop_path
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared 2-core machine, two intra-op threads fighting other processes are ~5x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _explicit_forward(vit, x):

@@ -22,13 +22,7 @@ TINY = ["--arch", "vit_tiny", "--image-size", "16", "--patch-size", "8", "--drop
         "--warmup-teacher-temp-epochs", "0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared 2-core machine, two intra-op threads fighting other processes are much slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def parse(*argv):

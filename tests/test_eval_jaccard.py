@@ -6,14 +6,7 @@ import torch
 from eval.attention import head_masks, mass_mask, upsample
 from eval.jaccard import VOID, aggregate, best_head_jaccard, image_scores, jaccard
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

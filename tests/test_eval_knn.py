@@ -17,13 +17,7 @@ LABELS = torch.tensor([0, 1, 1, 2])
 QUERY = torch.tensor([[2.0, 0.0]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -6,14 +6,7 @@ import torch
 
 from eval.linear import choose_weight_decay, evaluate, heldout_split, sample_label_fraction, standardise, train_probe
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
