@@ -35,6 +35,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/compare_dino_twins.py`: make the repository importable
     sys.path.insert(0, str(REPO))
+if str(REPO / "benchmarks") not in sys.path:  # the sibling ssl_benchmark.py, also when loaded by path
+    sys.path.insert(0, str(REPO / "benchmarks"))
+
+from ssl_benchmark import to_argv  # noqa: E402  (options dict -> CLI words, one implementation)
 
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-subset"
 K = 20  # DINO's headline k
@@ -82,22 +86,6 @@ DEFAULT_METHODS = ("dino", "barlow_twins", "dino_twins")
 SMOKE = dict(arch="resnet18", image_size=16, batch_size=16, epochs=1, max_images=32, seeds=[0], knn_max_train=64,
              knn_max_test=32, linear_epochs=2, bt_projector="64-64")
 SMOKE_DINO = ["--out-dim", "64", "--local-crops-number", "1"]
-
-
-def to_argv(options: dict) -> list[str]:
-    """{"image_size": 16, "norm_last_layer": False, "local_crops_scale": (0.05, 0.5)} -> CLI words."""
-    words = []
-    for dest, value in options.items():
-        flag = "--" + dest.replace("_", "-")
-        if value is True:
-            words.append(flag)
-        elif value is False:
-            words.append("--no-" + dest.replace("_", "-"))
-        elif isinstance(value, (list, tuple)):
-            words += [flag, *map(str, value)]
-        elif value is not None:
-            words += [flag, str(value)]
-    return words
 
 
 def mean_std(values: list[float]) -> dict:
