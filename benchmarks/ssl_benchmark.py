@@ -58,8 +58,8 @@ _SMOKE_TRAIN = dict(arch="resnet18", image_size=16, batch_size=16, epochs=1, war
                     workers=0, eval_every=1, log_every=1)
 _SMOKE_BENCH = dict(bench_warmup=1, bench_iters=2, knn_max_train=64, knn_max_test=32)
 
-# CPU: ResNet-18 (small stem) at 16 px, where it runs ~4x faster than at 32 px, so that a method
-# sees ~10 epochs of the 5000 images in ~25 minutes; SGD with lightly's CIFAR-10 benchmark
+# CPU: ResNet-18 (small stem) at 16 px, where it runs ~3x faster than at 32 px, so that a method
+# sees 4-5 epochs of the 5000 images in ~30 minutes on 2 cores; SGD with lightly's CIFAR-10 benchmark
 # settings (lr 0.06 per 128 images, momentum 0.9, weight decay 5e-4), one warm-up epoch.
 _CPU_TRAIN = dict(arch="resnet18", image_size=16, batch_size=64, optimizer="sgd", lr=0.12, momentum=0.9,
                   weight_decay=5e-4, warmup_epochs=1, min_lr=0.0, workers=1, eval_every=2, log_every=10)
@@ -79,14 +79,14 @@ RECIPES = {
                                   "warmup_teacher_temp_epochs": 0, "bt_projector": "64-64-64"}, bench=_SMOKE_BENCH),
     },
     "cpu": {
-        "byol": dict(train={**_CPU_TRAIN, "epochs": 10, "tau": 0.99, "hidden_dim": 1024, "out_dim": 256},
+        "byol": dict(train={**_CPU_TRAIN, "epochs": 4, "tau": 0.99, "hidden_dim": 1024, "out_dim": 256},
                      bench=_CPU_BENCH),
-        "barlow_twins": dict(train={**_CPU_TRAIN, "epochs": 12, "batch_size": 128, "lr_biases": 0.12,
+        "barlow_twins": dict(train={**_CPU_TRAIN, "epochs": 5, "lr_biases": 0.12,
                                     "projector": "2048-2048-2048"}, bench=_CPU_BENCH),
-        "dino": dict(train={**_CPU_TRAIN, "epochs": 8, "weight_decay_end": 5e-4, "out_dim": 2048,
+        "dino": dict(train={**_CPU_TRAIN, "epochs": 4, "weight_decay_end": 5e-4, "out_dim": 2048,
                             "use_bn_in_head": True, "momentum_teacher": 0.99, "local_crops_number": 2},
                      bench=_CPU_BENCH),
-        "dino_twins": dict(train={**_CPU_TRAIN, "epochs": 8, "weight_decay_end": 5e-4, "out_dim": 2048,
+        "dino_twins": dict(train={**_CPU_TRAIN, "epochs": 4, "weight_decay_end": 5e-4, "out_dim": 2048,
                                   "use_bn_in_head": True, "momentum_teacher": 0.99, "local_crops_number": 2,
                                   "teacher_temp": 0.04, "warmup_teacher_temp_epochs": 0,
                                   "bt_projector": "1024-1024-1024"}, bench=_CPU_BENCH),

@@ -10,12 +10,14 @@ from torchvision.transforms import v2
 
 from common.augment import (
     MEAN,
+    MIN_BLUR_SIGMA,
     STD,
     GaussianBlur,
     MultiCrop,
     ToNormalizedTensor,
     TwoViews,
     blur_kernel_size,
+    blur_sigma,
     byol_view,
     crop_sizes,
     eval_transform,
@@ -126,12 +128,12 @@ def test_multicrop_shapes(size):
 
 
 def test_byol_probabilities_and_parameters():
-    t = TwoViews(32)
+    t = TwoViews(224)
     assert (_blur_p(t.view1), _solarize_p(t.view1)) == (1.0, 0.0)
     assert (_blur_p(t.view2), _solarize_p(t.view2)) == (0.1, 0.2)
     for view in (t.view1, t.view2):
         crop = _find(view, v2.RandomResizedCrop)[0][1]
-        assert crop.size == (32, 32) and tuple(crop.scale) == (0.08, 1.0)
+        assert crop.size == (224, 224) and tuple(crop.scale) == (0.08, 1.0)
         assert crop.interpolation == v2.InterpolationMode.BICUBIC
         apply, jitter = _find(view, v2.ColorJitter)[0]
         assert apply.p == 0.8
@@ -140,25 +142,37 @@ def test_byol_probabilities_and_parameters():
         assert _find(view, v2.RandomGrayscale)[0][1].p == 0.2
         assert _find(view, v2.RandomHorizontalFlip)[0][1].p == 0.5
         blur = _find(view, GaussianBlur)[0][1]
-        assert blur.kernel_size == 3 and blur.sigma == (0.1, 2.0)
+        assert blur.kernel_size == 23 and blur.sigma == (0.1, 2.0)
+
+
+def test_blur_is_scaled_to_the_crop_and_left_out_where_it_cannot_change_a_pixel():
+    assert blur_sigma(224) == (0.1, 2.0) and blur_sigma(112) == (0.05, 1.0)
+    blur = _find(TwoViews(64).view1, GaussianBlur)[0][1]  # 2.0 × 64/224 = 0.57 px: still a blur
+    assert blur.kernel_size == 7 and blur.sigma == pytest.approx((0.1 * 64 / 224, 2.0 * 64 / 224))
+    # 32 px: sigma <= 0.29 px, whose 3-tap side weights (< 0.4 %) cannot move an 8-bit value.
+    assert blur_sigma(32)[1] < MIN_BLUR_SIGMA <= blur_sigma(64)[1]
+    assert _blur_p(TwoViews(32).view1) == _blur_p(MultiCrop(64).local) == 0.0
+    img = _image()  # white noise, the worst case: the omitted blur would move a pixel by <= 2 of 255
+    blurred = np.asarray(GaussianBlur(3, (blur_sigma(32)[1],) * 2)(img), dtype=int)
+    assert np.abs(blurred - np.asarray(img, dtype=int)).max() <= 2
 
 
 def test_multicrop_probabilities_and_scales():
-    m = MultiCrop(64, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4))
+    m = MultiCrop(224, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4))
     assert (_blur_p(m.global1), _solarize_p(m.global1)) == (1.0, 0.0)
     assert (_blur_p(m.global2), _solarize_p(m.global2)) == (0.1, 0.2)
     assert (_blur_p(m.local), _solarize_p(m.local)) == (0.5, 0.0)
     g1, g2, loc = (_find(v, v2.RandomResizedCrop)[0][1] for v in (m.global1, m.global2, m.local))
-    assert g1.size == g2.size == (64, 64) and loc.size == (32, 32)
+    assert g1.size == g2.size == (224, 224) and loc.size == (96, 96)
     assert tuple(g1.scale) == tuple(g2.scale) == (0.4, 1.0) and tuple(loc.scale) == (0.05, 0.4)
-    assert _find(m.global1, GaussianBlur)[0][1].kernel_size == 7
-    assert _find(m.local, GaussianBlur)[0][1].kernel_size == 3
+    assert _find(m.global1, GaussianBlur)[0][1].kernel_size == 23
+    assert _find(m.local, GaussianBlur)[0][1].kernel_size == 9
 
 
 def test_byol_view_reuse():
-    view = byol_view(16, blur_p=0.3, solarize_p=0.0, scale=(0.5, 1.0))
+    view = byol_view(64, blur_p=0.3, solarize_p=0.0, scale=(0.5, 1.0))
     assert (_blur_p(view), _solarize_p(view)) == (0.3, 0.0)
-    assert view(_image()).shape == (3, 16, 16)
+    assert view(_image()).shape == (3, 64, 64)
 
 
 @pytest.mark.parametrize("make", [lambda: TwoViews(32), lambda: MultiCrop(32, n_local=2)])
