@@ -81,8 +81,10 @@ RECIPES = {
     "cpu": {
         "byol": dict(train={**_CPU_TRAIN, "epochs": 4, "tau": 0.99, "hidden_dim": 1024, "out_dim": 256},
                      bench=_CPU_BENCH),
-        "barlow_twins": dict(train={**_CPU_TRAIN, "epochs": 5, "lr_biases": 0.12,
-                                    "projector": "2048-2048-2048"}, bench=_CPU_BENCH),
+        # The paper's LARS (weights 0.2, biases/BN 0.0048, wd 1.5e-6): measured here, 2 epochs reach
+        # kNN 29.6 % where SGD at lightly's CIFAR setting stays at 19-22 % (docs/benchmarks.md).
+        "barlow_twins": dict(train={**_CPU_TRAIN, "epochs": 5, "optimizer": "lars", "lr": 0.2, "lr_biases": 0.0048,
+                                    "weight_decay": 1.5e-6, "projector": "2048-2048-2048"}, bench=_CPU_BENCH),
         "dino": dict(train={**_CPU_TRAIN, "epochs": 4, "weight_decay_end": 5e-4, "out_dim": 2048,
                             "use_bn_in_head": True, "momentum_teacher": 0.99, "local_crops_number": 2},
                      bench=_CPU_BENCH),
