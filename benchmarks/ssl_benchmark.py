@@ -60,7 +60,8 @@ _SMOKE_BENCH = dict(bench_warmup=1, bench_iters=2, knn_max_train=64, knn_max_tes
 
 # CPU: ResNet-18 (small stem) at 16 px, where it runs ~3x faster than at 32 px, so that a method
 # sees 4-5 epochs of the 5000 images in ~30 minutes on 2 cores; SGD with lightly's CIFAR-10 benchmark
-# settings (lr 0.06 per 128 images, momentum 0.9, weight decay 5e-4), one warm-up epoch.
+# settings (lr 0.06 per 128 images, momentum 0.9, weight decay 5e-4; Barlow Twins: LARS, below), one
+# warm-up epoch.
 _CPU_TRAIN = dict(arch="resnet18", image_size=16, batch_size=64, optimizer="sgd", lr=0.12, momentum=0.9,
                   weight_decay=5e-4, warmup_epochs=1, min_lr=0.0, workers=1, eval_every=2, log_every=10)
 _CPU_BENCH = dict(bench_warmup=3, bench_iters=10, knn_max_train=None, knn_max_test=None)

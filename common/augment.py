@@ -131,8 +131,9 @@ def byol_view(image_size: int, blur_p: float, solarize_p: float, scale=(0.08, 1.
         v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
         v2.RandomGrayscale(p=0.2),
     ]
-    if blur_p > 0 and blur_sigma(image_size)[1] >= MIN_BLUR_SIGMA:
-        ops.append(v2.RandomApply([GaussianBlur(blur_kernel_size(image_size), blur_sigma(image_size))], p=blur_p))
+    sigma = blur_sigma(image_size)
+    if blur_p > 0 and sigma[1] >= MIN_BLUR_SIGMA:
+        ops.append(v2.RandomApply([GaussianBlur(blur_kernel_size(image_size), sigma)], p=blur_p))
     if solarize_p > 0:
         ops.append(v2.RandomSolarize(threshold=128, p=solarize_p))  # the image is still 8-bit here
     return v2.Compose(ops + [ToNormalizedTensor()])
