@@ -5,11 +5,11 @@ first / second view."""
 
 from __future__ import annotations
 
-from common.augment import TwoViews
+from common.augment import TwoViews, check_crop_scale
 
 
 class BarlowTwinsViews(TwoViews):
     """[y1, y2] for one PIL image, at the training image size."""
 
     def __init__(self, args):
-        super().__init__(args.image_size)
+        super().__init__(args.image_size, check_crop_scale("--crop-scale", args.crop_scale))

@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # `python barlow_twins/train.py`: make the reposi
 from barlow_twins.data import BarlowTwinsViews
 from barlow_twins.model import BarlowTwins, parse_projector
 from common import engine
+from common.augment import add_crop_scale_argument
 from common.backbones import build_backbone
 
 DESCRIPTION = __doc__.split("\n\n")[0]
@@ -31,6 +32,7 @@ DEFAULTS = dict(optimizer="lars", lr=0.2, min_lr=None, weight_decay=1.5e-6, warm
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("Barlow Twins")
+    add_crop_scale_argument(g)
     g.add_argument("--projector", default="8192-8192-8192",
                    help="projector widths joined by '-' (paper: 8192-8192-8192; 3 linear layers, BN + ReLU "
                         "between them)")

@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # `python byol/train.py`: make the repository imp
 from byol.data import BYOLViews
 from byol.model import BYOL
 from common import engine
+from common.augment import add_crop_scale_argument
 from common.backbones import build_backbone
 from common.options import base_parser
 
@@ -53,6 +54,7 @@ def recipe_help() -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("BYOL")
+    add_crop_scale_argument(g)
     g.add_argument("--recipe", default=None, choices=sorted(RECIPES), help=recipe_help())
     g.add_argument("--tau", type=float, default=0.996,
                    help="base decay rate τ of the target EMA, raised to 1 on a per-step cosine (paper: 0.996 "

@@ -139,6 +139,21 @@ def byol_view(image_size: int, blur_p: float, solarize_p: float, scale=(0.08, 1.
     return v2.Compose(ops + [ToNormalizedTensor()])
 
 
+def add_crop_scale_argument(parser) -> None:
+    """--crop-scale of the two-view methods (BYOL, Barlow Twins)."""
+    parser.add_argument("--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
+                        help="area range of both random resized crops, relative to the image (papers: 0.08 1). "
+                             "A larger MIN makes the two views share more of the image: easier to match, "
+                             "which short runs on tiny images learn from sooner")
+
+
+def check_crop_scale(option: str, scale) -> tuple[float, float]:
+    lo, hi = scale
+    if not 0 < lo <= hi <= 1:
+        raise SystemExit(f"error: {option} {lo} {hi} must satisfy 0 < MIN <= MAX <= 1")
+    return lo, hi
+
+
 class TwoViews:
     """BYOL's asymmetric pair: view 1 always blurred and never solarized, view 2 blurred with
     p 0.1 and solarized with p 0.2."""

@@ -71,5 +71,5 @@ def build_optimizer(groups: list[dict], args) -> torch.optim.Optimizer:
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
     if args.optimizer == "lars":
-        return LARS(groups, lr=args.lr, momentum=args.momentum)
+        return LARS(groups, lr=args.lr, momentum=args.momentum, eta=args.lars_eta)
     raise SystemExit(f"error: unknown --optimizer {args.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")

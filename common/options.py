@@ -51,6 +51,10 @@ def base_parser(method: str, description: str = "", **defaults) -> argparse.Argu
     o.add_argument("--warmup-epochs", type=float, default=10, help="linear learning-rate warm-up")
     o.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS, help="optimiser")
     o.add_argument("--momentum", type=float, default=0.9, help="momentum of SGD and LARS")
+    o.add_argument("--lars-eta", type=float, default=0.001,
+                   help="LARS trust coefficient η (0.001 in the BYOL and Barlow Twins code): an adapted weight "
+                        "moves by lr·η·‖w‖/‖g + wd·w‖ times its update, so η and lr act together on weights "
+                        "while biases and norms (not adapted) see lr alone")
     o.add_argument("--weight-decay", type=float, default=0.0, help="weight decay at the start")
     o.add_argument("--weight-decay-end", type=float, default=None,
                    help="weight decay at the end of a cosine schedule (default: constant)")

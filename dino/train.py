@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from common import engine
+from common.augment import check_crop_scale
 from dino.data import DINOViews
 from dino.model import DINO
 
@@ -69,9 +70,7 @@ def check_arguments(args) -> None:
         fail(f"--warmup-teacher-temp-epochs {args.warmup_teacher_temp_epochs} must be between 0 and "
              f"--epochs {args.epochs}; lower it or train longer")
     for name in ("global_crops_scale", "local_crops_scale"):
-        lo, hi = getattr(args, name)
-        if not 0 < lo <= hi <= 1:
-            fail(f"--{name.replace('_', '-')} {lo} {hi} must satisfy 0 < MIN <= MAX <= 1")
+        check_crop_scale("--" + name.replace("_", "-"), getattr(args, name))
 
 
 def build(args, steps_per_epoch: int):

@@ -102,14 +102,15 @@ def main(argv=None) -> dict:
 
 def _plot(queries, query_set, bank_set, path, ckpt: dict) -> str:
     plt = cli.pyplot()
+    # nearest: the pixels as they are; smoothed upsampling of 30 small images made a 1.6 MB PNG
     cols = 1 + len(queries[0]["neighbour_indices"])
     fig, axes = plt.subplots(len(queries), cols, figsize=(1.7 * cols, 1.9 * len(queries)), squeeze=False)
     for r, q in enumerate(queries):
-        axes[r, 0].imshow(np.asarray(query_set[q["query_index"]][0]))
+        axes[r, 0].imshow(np.asarray(query_set[q["query_index"]][0]), interpolation="nearest")
         axes[r, 0].set_title(f"query\n{q['query_class'] or q['query_label']}", fontsize=8, color="blue")
         for c, (j, y, cls, s) in enumerate(zip(q["neighbour_indices"], q["neighbour_labels"],
                                                q["neighbour_classes"], q["similarities"]), start=1):
-            axes[r, c].imshow(np.asarray(bank_set[j][0]))
+            axes[r, c].imshow(np.asarray(bank_set[j][0]), interpolation="nearest")
             colour = "green" if y == q["query_label"] and y >= 0 else "red" if q["query_label"] >= 0 else "black"
             axes[r, c].set_title(f"{cls or y}\nsim {s:.3f}", fontsize=8, color=colour)
     for ax in axes.flat:

@@ -152,7 +152,7 @@ def test_bad_options_fail_in_one_line():
     parser = base_parser("barlow_twins", **bt_train.DEFAULTS)
     bt_train.add_arguments(parser)
     for extra, message in ((["--projector", "8192-abc"], "--projector"), (["--lambd", "-1"], "--lambd"),
-                           (["--loss-scale", "0"], "--loss-scale")):
+                           (["--loss-scale", "0"], "--loss-scale"), (["--crop-scale", "0.9", "0.1"], "--crop-scale")):
         args = parse_args(parser, extra)
         with pytest.raises(SystemExit, match=message):
             bt_train.build(args, 1)

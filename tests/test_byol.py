@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchvision.transforms import v2
 
 from byol import train as byol_train
 from byol.model import BYOL, MLP, byol_loss, normalised_std, regression_loss, tau_schedule
@@ -162,7 +163,9 @@ def test_byol_biases_and_norms_escape_lars_and_weight_decay():
     model = tiny_byol()
     args = parse_args(byol_train.build_parser([]), ["--lr", "0.2"])
     opt = build_optimizer(model.param_groups(), args)
-    assert isinstance(opt, LARS)
+    assert isinstance(opt, LARS) and {g["eta"] for g in opt.param_groups} == {0.001}  # the papers' η
+    eta = parse_args(byol_train.build_parser([]), ["--lars-eta", "0.02"])
+    assert {g["eta"] for g in build_optimizer(model.param_groups(), eta).param_groups} == {0.02}
     by_shape = {id(p): g for g in opt.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         if name.startswith("target_"):
@@ -194,6 +197,21 @@ def test_paper_defaults_and_the_stl10_sgd_recipe():
     for argv in (["--weight-decay", "1e-4", "--recipe", "stl10-sgd"], ["--recipe=stl10-sgd", "--weight-decay", "1e-4"]):
         mixed = parse_args(byol_train.build_parser(argv), argv)
         assert (mixed.weight_decay, mixed.optimizer, mixed.lr) == (1e-4, "sgd", 0.12)
+
+
+def test_crop_scale_reaches_both_views_and_a_bad_range_fails_in_one_line():
+    from byol.data import BYOLViews
+
+    def crop_scales(argv):
+        views = BYOLViews(parse_args(byol_train.build_parser(argv), argv))
+        return [next(op.scale for op in v.transforms if isinstance(op, v2.RandomResizedCrop))
+                for v in (views.view1, views.view2)]
+
+    assert crop_scales([]) == [(0.08, 1.0)] * 2  # the paper's
+    assert crop_scales(["--crop-scale", "0.3", "1"]) == [(0.3, 1.0)] * 2
+    for bad in (["0.5", "0.2"], ["0", "1"], ["0.2", "1.5"]):
+        with pytest.raises(SystemExit, match="--crop-scale .* must satisfy 0 < MIN <= MAX <= 1"):
+            crop_scales(["--crop-scale", *bad])
 
 
 def test_recipe_is_documented_in_help_and_unknown_recipes_fail_in_one_line(capsys):
