@@ -44,6 +44,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/ssl_benchmark.py`: make the 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from common.augment import CROP_SCALE  # noqa: E402
+
 K, TEMPERATURE = 20, 0.07  # the DINO kNN protocol (headline k)
 METHODS = {"dino": "dino.train", "byol": "byol.train", "barlow_twins": "barlow_twins.train",
            "dino_twins": "dino_twins.train"}
@@ -332,7 +334,7 @@ def doc_row(result: dict) -> list[str]:
     amp = tp["backbone"]["amp"]
     setting = (f"{a['arch']} {a['image_size']} px, batch {a['batch_size']}, {a['epochs']} ep, "
                f"{a['optimizer']} lr {a['lr']:g}")
-    if a.get("crop_scale") and tuple(a["crop_scale"]) != (0.08, 1.0):
+    if a.get("crop_scale") and tuple(a["crop_scale"]) != CROP_SCALE:
         setting += ", crops {:g}–{:g}".format(*a["crop_scale"])
     if a.get("max_steps") is not None:
         setting += f", ≤ {a['max_steps']} steps"

@@ -120,7 +120,11 @@ def blur_sigma(image_size: int) -> tuple[float, float]:
 MIN_BLUR_SIGMA = 1 / 3
 
 
-def byol_view(image_size: int, blur_p: float, solarize_p: float, scale=(0.08, 1.0)) -> v2.Compose:
+# The papers' random-resized-crop area range of the two-view methods (BYOL, Barlow Twins).
+CROP_SCALE = (0.08, 1.0)
+
+
+def byol_view(image_size: int, blur_p: float, solarize_p: float, scale=CROP_SCALE) -> v2.Compose:
     """One random view of BYOL (Grill et al. 2020, Table 6) / DINO: crop, flip, colour jitter,
     grayscale, blur with probability `blur_p`, solarize with probability `solarize_p`."""
     image_size = _check_size(image_size)
@@ -141,13 +145,14 @@ def byol_view(image_size: int, blur_p: float, solarize_p: float, scale=(0.08, 1.
 
 def add_crop_scale_argument(parser) -> None:
     """--crop-scale of the two-view methods (BYOL, Barlow Twins)."""
-    parser.add_argument("--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
+    parser.add_argument("--crop-scale", type=float, nargs=2, default=CROP_SCALE, metavar=("MIN", "MAX"),
                         help="area range of both random resized crops, relative to the image (papers: 0.08 1). "
                              "A larger MIN makes the two views share more of the image: easier to match, "
                              "which short runs on tiny images learn from sooner")
 
 
 def check_crop_scale(option: str, scale) -> tuple[float, float]:
+    """(MIN, MAX) of a crop-scale option, or a one-line error naming the option."""
     lo, hi = scale
     if not 0 < lo <= hi <= 1:
         raise SystemExit(f"error: {option} {lo} {hi} must satisfy 0 < MIN <= MAX <= 1")
@@ -158,7 +163,7 @@ class TwoViews:
     """BYOL's asymmetric pair: view 1 always blurred and never solarized, view 2 blurred with
     p 0.1 and solarized with p 0.2."""
 
-    def __init__(self, image_size: int, scale=(0.08, 1.0)):
+    def __init__(self, image_size: int, scale=CROP_SCALE):
         self.view1 = byol_view(image_size, blur_p=1.0, solarize_p=0.0, scale=scale)
         self.view2 = byol_view(image_size, blur_p=0.1, solarize_p=0.2, scale=scale)
 
