@@ -11,7 +11,9 @@ Schedule (both ways, seed 003's settings): AdamW, lr `--lr` with `--warmup-epoch
 warm-up then cosine to 1e-6, weight decay 1e-4 (not on biases and norms), 50 epochs, batch 64;
 augmentation: random-resized crops (area `--crop-scale`..1) and horizontal flips; test images:
 the eval transform (resize + centre crop). Reported: top-1 / top-5 on the test split after the
-last epoch (never the best epoch, which would select on the test set).
+last epoch (never the best epoch, which would select on the test set), and at each evaluated epoch
+the weighted kNN top-1 of the backbone (k = 20, T = 0.07, train split as bank: eval/knn.py's
+protocol), which puts a supervised network on the same scale as the self-supervised kNN curves.
 
     python eval/finetune.py --checkpoint runs/dino/imagenette-resnet18/checkpoint.pt --label-fraction 0.2
     python eval/finetune.py --checkpoint runs/dino/imagenette-resnet18/checkpoint.pt --label-fraction 0.2 \
@@ -41,7 +43,7 @@ from common.runtime import amp_dtype, resolve_device, seed_everything
 from common.schedules import cosine_schedule
 from eval import cli
 from eval.features import Transformed, subset_indices
-from eval.knn import topk_accuracy
+from eval.knn import KNNMonitor, topk_accuracy
 from eval.linear import new_head, sample_label_fraction
 
 
@@ -145,7 +147,9 @@ def main(argv=None) -> dict:
     def autocast():
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
-    curve = {"epoch": [], "train_loss": [], "test_top1": []}
+    knn = KNNMonitor(train_set, test_set, image_size, args.batch_size, args.workers, device,
+                     max_bank=args.max_train, max_query=args.max_test)
+    curve = {"epoch": [], "train_loss": [], "test_top1": [], "knn_top1": []}
     it = 0
     for epoch in range(args.epochs):
         model.train()
@@ -168,6 +172,7 @@ def main(argv=None) -> dict:
             curve["train_loss"].append(total / max(n, 1))
             acc = evaluate(model, test_loader, device, autocast)  # the last epoch is always evaluated
             curve["test_top1"].append(acc[1])
+            curve["knn_top1"].append(knn(model.backbone)["knn_top1"])
 
     fig_path = _plot(curve, out / f"{name}.png", ckpt, mode, args.label_fraction)
     return cli.emit({
@@ -183,7 +188,7 @@ def main(argv=None) -> dict:
                      "seed": args.seed, "amp": str(dtype).replace("torch.", "") if dtype else "off",
                      "reported": "test split after the last epoch", "unit": "percent"},
         "n_labelled": len(chosen), "n_test": len(test_idx), "num_classes": num_classes,
-        "top1": acc[1], "top5": acc[5], "curve": curve, "figure": fig_path,
+        "top1": acc[1], "top5": acc[5], "knn_top1": curve["knn_top1"][-1], "curve": curve, "figure": fig_path,
     }, out, name)
 
 
@@ -192,8 +197,10 @@ def _plot(curve: dict, path, ckpt: dict, mode: str, fraction: float) -> str:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
     ax_loss.plot(curve["epoch"], curve["train_loss"], "o-", ms=3)
     ax_loss.set(xlabel="epoch", ylabel="train cross-entropy", title=f"{mode}, {fraction:.0%} of the labels")
-    ax_acc.plot(curve["epoch"], curve["test_top1"], "o-", ms=3)
+    ax_acc.plot(curve["epoch"], curve["test_top1"], "o-", ms=3, label="classifier")
+    ax_acc.plot(curve["epoch"], curve["knn_top1"], "s--", ms=3, label="kNN of the backbone (k 20)")
     ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{ckpt.get('method')} {ckpt.get('arch')}")
+    ax_acc.legend(fontsize=7)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     return cli.save_figure(fig, path)

@@ -113,6 +113,17 @@ def test_finetune_script_pretrained_and_from_scratch(ckpts, data_root, tmp_path,
         assert r["n_test"] == 20 and 0 <= r["top1"] <= 100
         assert r["protocol"]["epochs"] == 1 and r["protocol"]["label_fraction"] == 0.2
         assert (tmp_path / f"{name}.json").exists() and (tmp_path / f"{name}.png").exists()
+        assert r["curve"]["knn_top1"] == [r["knn_top1"]] and 0 <= r["knn_top1"] <= 100
+
+
+def test_finetune_knn_is_eval_knn_of_the_backbone(ckpts, data_root, tmp_path, capsys):
+    # lr 0 and a ViT (no BatchNorm statistics to move): the backbone leaves fine-tuning unchanged, so
+    # its kNN must be eval/knn.py's on the checkpoint, to the digit.
+    base = common_args(ckpts["vit_tiny"], data_root, tmp_path) + ["--max-train", 60, "--max-test", 20]
+    tuned = run(finetune.main, base + ["--label-fraction", 1, "--epochs", 1, "--train-batch-size", 30,
+                                       "--lr", 0, "--min-lr", 0, "--warmup-epochs", 0], capsys)
+    frozen = run(knn.main, base + ["--k", 20], capsys)
+    assert tuned["knn_top1"] == frozen["top1"]
 
 
 def test_tsne_script_side_by_side(ckpts, data_root, tmp_path, capsys):
