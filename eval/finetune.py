@@ -11,9 +11,10 @@ Schedule (both ways, seed 003's settings): AdamW, lr `--lr` with `--warmup-epoch
 warm-up then cosine to 1e-6, weight decay 1e-4 (not on biases and norms), 50 epochs, batch 64;
 augmentation: random-resized crops (area `--crop-scale`..1) and horizontal flips; test images:
 the eval transform (resize + centre crop). Reported: top-1 / top-5 on the test split after the
-last epoch (never the best epoch, which would select on the test set), and at each evaluated epoch
-the weighted kNN top-1 of the backbone (k = 20, T = 0.07, train split as bank: eval/knn.py's
-protocol), which puts a supervised network on the same scale as the self-supervised kNN curves.
+last epoch (never the best epoch, which would select on the test set), and the weighted kNN top-1
+of the backbone after the last epoch (and every `--knn-every` epochs: k = 20, T = 0.07, train split
+as bank, eval/knn.py's protocol), which puts a supervised network on the same scale as the
+self-supervised kNN curves.
 
     python eval/finetune.py --checkpoint runs/dino/imagenette-resnet18/checkpoint.pt --label-fraction 0.2
     python eval/finetune.py --checkpoint runs/dino/imagenette-resnet18/checkpoint.pt --label-fraction 0.2 \
@@ -95,6 +96,9 @@ def main(argv=None) -> dict:
     p.add_argument("--train-batch-size", type=int, default=64, help="training batch size")
     p.add_argument("--crop-scale", type=float, default=0.25, help="smallest random-resized-crop area")
     p.add_argument("--eval-every", type=int, default=1, help="test accuracy every N epochs (the curve)")
+    p.add_argument("--knn-every", type=int, default=0,
+                   help="kNN of the backbone every N epochs too (0: after the last epoch only; each costs a "
+                        "forward pass over the train split)")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="mixed precision (auto: bf16/fp16 on CUDA, off on CPU)")
     p.add_argument("--name", default=None,
@@ -106,6 +110,8 @@ def main(argv=None) -> dict:
         raise SystemExit("error: --label-fraction must be in (0, 1], e.g. 0.2")
     if not 0 < args.crop_scale <= 1:
         raise SystemExit("error: --crop-scale must be in (0, 1]")
+    if args.knn_every < 0:
+        raise SystemExit("error: --knn-every must be >= 0 (0: kNN after the last epoch only)")
 
     device = resolve_device(args.device)
     backbone, ckpt = cli.open_checkpoint(args.checkpoint, device)
@@ -149,7 +155,7 @@ def main(argv=None) -> dict:
 
     knn = KNNMonitor(train_set, test_set, image_size, args.batch_size, args.workers, device,
                      max_bank=args.max_train, max_query=args.max_test)
-    curve = {"epoch": [], "train_loss": [], "test_top1": [], "knn_top1": []}
+    curve = {"epoch": [], "train_loss": [], "test_top1": [], "knn_epoch": [], "knn_top1": []}
     it = 0
     for epoch in range(args.epochs):
         model.train()
@@ -172,6 +178,8 @@ def main(argv=None) -> dict:
             curve["train_loss"].append(total / max(n, 1))
             acc = evaluate(model, test_loader, device, autocast)  # the last epoch is always evaluated
             curve["test_top1"].append(acc[1])
+        if epoch + 1 == args.epochs or (args.knn_every and (epoch + 1) % args.knn_every == 0):
+            curve["knn_epoch"].append(epoch + 1)
             curve["knn_top1"].append(knn(model.backbone)["knn_top1"])
 
     fig_path = _plot(curve, out / f"{name}.png", ckpt, mode, args.label_fraction)
@@ -198,7 +206,7 @@ def _plot(curve: dict, path, ckpt: dict, mode: str, fraction: float) -> str:
     ax_loss.plot(curve["epoch"], curve["train_loss"], "o-", ms=3)
     ax_loss.set(xlabel="epoch", ylabel="train cross-entropy", title=f"{mode}, {fraction:.0%} of the labels")
     ax_acc.plot(curve["epoch"], curve["test_top1"], "o-", ms=3, label="classifier")
-    ax_acc.plot(curve["epoch"], curve["knn_top1"], "s--", ms=3, label="kNN of the backbone (k 20)")
+    ax_acc.plot(curve["knn_epoch"], curve["knn_top1"], "s--", ms=3, label="kNN of the backbone (k 20)")
     ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{ckpt.get('method')} {ckpt.get('arch')}")
     ax_acc.legend(fontsize=7)
     for ax in (ax_loss, ax_acc):
