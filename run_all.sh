@@ -8,4 +8,4 @@
 # Options: ./run_all.sh --help (the driver is eval/pipeline.py; its tables hold every setting).
 source "$(dirname "$0")/scripts/bootstrap.sh"   # .venv with the locked versions; sets ROOT, PATH
 # Relative paths in the options are read from the current folder; the steps run from $ROOT.
-exec python -m eval.pipeline "$@"
+exec python "$ROOT/eval/pipeline.py" "$@"   # by path: its header puts this checkout first on sys.path

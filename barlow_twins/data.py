@@ -5,11 +5,12 @@ first / second view."""
 
 from __future__ import annotations
 
-from common.augment import TwoViews, check_crop_scale
+from common.augment import TwoViews, check_color, check_crop_scale
 
 
 class BarlowTwinsViews(TwoViews):
-    """[y1, y2] for one PIL image, at the training image size."""
+    """[y1, y2] of a loaded batch, at the training image size (made on the training device)."""
 
     def __init__(self, args):
-        super().__init__(args.image_size, check_crop_scale("--crop-scale", args.crop_scale))
+        jitter, gray_p = check_color(args)
+        super().__init__(args.image_size, check_crop_scale("--crop-scale", args.crop_scale), jitter, gray_p)

@@ -4,9 +4,10 @@
 
 Defaults are the paper's and facebookresearch/barlowtwins main.py's: LARS with two learning rates
 (weights 0.2, biases and BatchNorm parameters 0.0048, both × batch/256; the paper's batch is 2048),
-weight decay 1.5e-6, 10 warm-up epochs, then a cosine down to 0.001 × the peak lr (--min-lr left
-unset), λ = 0.0051, projector 8192-8192-8192, 1000 epochs. Smaller projectors (e.g. 512-512-512 or
-2048-2048-2048) suit small images and CPU runs; the paper shows accuracy grows with its width.
+weight decay 1.5e-6 (the paper's value; main.py's default is 1e-6), 10 warm-up epochs, then a cosine
+down to 0.001 × the peak lr (--min-lr left unset), λ = 0.0051, projector 8192-8192-8192, 1000 epochs.
+Smaller projectors (e.g. 512-512-512 or 2048-2048-2048) suit small images and CPU runs; the paper shows
+accuracy grows with its width.
 """
 
 from __future__ import annotations
@@ -15,14 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python barlow_twins/train.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
-from barlow_twins.data import BarlowTwinsViews
-from barlow_twins.model import BarlowTwins, parse_projector
-from common import engine
-from common.augment import add_crop_scale_argument
-from common.backbones import build_backbone
+from common.options import add_color_arguments, add_crop_scale_argument, parse_cli
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 
@@ -33,6 +29,7 @@ DEFAULTS = dict(optimizer="lars", lr=0.2, min_lr=None, weight_decay=1.5e-6, warm
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("Barlow Twins")
     add_crop_scale_argument(g)
+    add_color_arguments(g)
     g.add_argument("--projector", default="8192-8192-8192",
                    help="projector widths joined by '-' (paper: 8192-8192-8192; 3 linear layers, BN + ReLU "
                         "between them)")
@@ -49,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build(args, steps_per_epoch: int):
+    from barlow_twins.data import BarlowTwinsViews
+    from barlow_twins.model import BarlowTwins, parse_projector
+    from common.backbones import build_backbone
+
     try:
         parse_projector(args.projector)
     except ValueError as e:
@@ -68,7 +69,10 @@ def build(args, steps_per_epoch: int):
 
 
 def main(argv=None):
-    return engine.main("barlow_twins", add_arguments, build, defaults=DEFAULTS, argv=argv, description=DESCRIPTION)
+    args = parse_cli("barlow_twins", add_arguments, DEFAULTS, argv, DESCRIPTION)
+    from common import engine  # torch loads only now: --help and option errors never wait for it
+
+    return engine.train("barlow_twins", args, build)
 
 
 if __name__ == "__main__":

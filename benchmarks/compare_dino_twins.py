@@ -1,9 +1,9 @@
-"""Seed 001's table on equal terms: DINO, Barlow Twins and DINO-Twins with the same backbone, batch,
-epochs, image size, data and seeds, each scored by weighted kNN and a linear probe (top-1 %, mean ±
-std over seeds).
+"""The DINO-Twins CIFAR-10 table (ArthurZucker/DeepLearningProject) on equal terms: DINO, Barlow Twins
+and DINO-Twins with the same backbone, batch, epochs, image size, data and seeds, each scored by
+weighted kNN and a linear probe (top-1 %, mean ± std over seeds).
 
-    python benchmarks/compare_dino_twins.py --data cifar10 --data-root ../shared/data/cifar10-subset --seeds 0 1 2
-    python benchmarks/compare_dino_twins.py --arch resnet50 --epochs 200                # the seed's R50 rows
+    python benchmarks/compare_dino_twins.py --data cifar10 --data-root data/cifar10-subset --seeds 0 1 2
+    python benchmarks/compare_dino_twins.py --arch resnet50 --epochs 200                # its R50 rows
     python benchmarks/compare_dino_twins.py --arch vit_tiny --patch-size 4 --batch-size 128   # its ViT-T/4 row
     python benchmarks/compare_dino_twins.py --methods dino_twins dino_twins_no_centering dino_no_centering \\
         dino_twins_no_sharpening dino_no_sharpening barlow_twins_multicrop     # the secondary claim's ablations
@@ -33,17 +33,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python benchmarks/compare_dino_twins.py`: make the repository importable
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # this checkout's code first (docs/ARCHITECTURE.md)
 if str(REPO / "benchmarks") not in sys.path:  # the sibling ssl_benchmark.py, also when loaded by path
     sys.path.insert(0, str(REPO / "benchmarks"))
 
 from ssl_benchmark import to_argv  # noqa: E402  (options dict -> CLI words, one implementation)
 
-SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-subset"
 K = 20  # DINO's headline k
 
-# CIFAR-10 linear accuracy reported by seed 001 (full CIFAR-10, its own training lengths).
+# CIFAR-10 linear accuracy reported by ArthurZucker/DeepLearningProject (full CIFAR-10, its own training lengths).
 REPORTED = {("barlow_twins", "resnet50"): 80.3, ("dino", "resnet50"): 48.7, ("dino_twins", "resnet50"): 85.3,
             ("dino_twins", "vit_tiny"): 78.2}
 
@@ -109,7 +107,7 @@ def markdown_table(results: dict, settings: dict) -> str:
              f"{settings['image_size']} px, batch {settings['batch_size']}, epochs {settings['epochs']}, "
              f"seeds {' '.join(map(str, settings['seeds']))}",
              "",
-             f"| method | kNN top-1 (k = {K}) | linear top-1 | runs | seed 001 reports (linear) |",
+             f"| method | kNN top-1 (k = {K}) | linear top-1 | runs | DeepLearningProject reports (linear) |",
              "|---|---|---|---|---|"]
     for name, r in results.items():
         failed = sum(1 for run in r["runs"] if run.get("error"))
@@ -117,7 +115,7 @@ def markdown_table(results: dict, settings: dict) -> str:
         reported = REPORTED.get((name, settings["arch"]))
         lines.append(f"| {r['description']} | {cell(r['knn_top1'])} | {cell(r['linear_top1'])} | {runs} | "
                      f"{'—' if reported is None else f'{reported} %'} |")
-    lines += ["", "Top-1 in %, mean ± sample standard deviation over seeds. Seed 001's numbers are for full "
+    lines += ["", "Top-1 in %, mean ± sample standard deviation over seeds. DeepLearningProject's numbers are for full "
               "CIFAR-10 with its own training lengths (R50 rows, and DINO-Twins ViT-T/4 78.2 %)."]
     return "\n".join(lines)
 
@@ -126,16 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="cifar10", help="dataset registry name or path")
-    p.add_argument("--data-root", default=str(SHARED_CIFAR) if SHARED_CIFAR.exists() else None,
-                   help="dataset root (default: ../shared/data/cifar10-subset when it exists, else $SSL_DATA)")
+    p.add_argument("--data-root", default=None, help="dataset root (default: $SSL_DATA or ./data)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(variants("1")),
                    help="which runs to compare")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per method and seed")
     p.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet50", "vit_tiny", "vit_small"),
-                   help="the backbone of every run (seed 001: resnet50, and vit_tiny with patch 4)")
-    p.add_argument("--patch-size", type=int, default=4, help="ViT patch size (the seed's ViT-T/4 at 32 px)")
+                   help="the backbone of every run (DeepLearningProject: resnet50, and vit_tiny with patch 4)")
+    p.add_argument("--patch-size", type=int, default=4, help="ViT patch size (DeepLearningProject's ViT-T/4 at 32 px)")
     p.add_argument("--image-size", type=int, default=32, help="training image size (CIFAR-10: 32)")
-    p.add_argument("--batch-size", type=int, default=256, help="global batch of every run (seed 001: 256; ViT 128)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="global batch of every run (DeepLearningProject: 256; ViT 128)")
     p.add_argument("--epochs", type=int, default=100, help="epochs of every run")
     p.add_argument("--warmup-epochs", type=int, default=None,
                    help="lr warm-up (and DINO's teacher-temperature warm-up) of every run (default: min(10, "

@@ -1,7 +1,7 @@
 """Quality and speed of a joint-embedding method in one command.
 
     python benchmarks/ssl_benchmark.py --method byol --recipe cpu --data cifar10 \\
-        --data-root ../shared/data/cifar10-subset
+        --data-root data/cifar10-subset
 
 1. trains the method through its own `train.py` entry (the same `engine.main` wiring, options and
    defaults) into a run directory under runs/bench/;
@@ -38,19 +38,17 @@ from argparse import Namespace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python benchmarks/ssl_benchmark.py`: make the repository importable
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # this checkout's code first (docs/ARCHITECTURE.md)
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common.augment import CROP_SCALE  # noqa: E402
+from common.options import CROP_SCALE  # noqa: E402
 
 K, TEMPERATURE = 20, 0.07  # the DINO kNN protocol (headline k)
 METHODS = {"dino": "dino.train", "byol": "byol.train", "barlow_twins": "barlow_twins.train",
            "dino_twins": "dino_twins.train"}
 DEFAULT_DOC = REPO / "docs" / "benchmarks.md"
-SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-subset"
 
 # --- recipes ------------------------------------------------------------------------------------
 # `train` holds train.py options (dest names); `bench` the benchmark's own settings. The reasons
@@ -68,7 +66,7 @@ _CPU_TRAIN = dict(arch="resnet18", image_size=16, batch_size=64, optimizer="sgd"
                   weight_decay=5e-4, warmup_epochs=1, min_lr=0.0, workers=1, eval_every=1, log_every=10)
 _CPU_BENCH = dict(bench_warmup=3, bench_iters=10, knn_max_train=None, knn_max_test=None)
 
-# GPU: the issues' settings, a few hundred steps in bf16; schedules still follow --epochs.
+# GPU: the papers' settings at 224 px, a few hundred steps in bf16; schedules still follow --epochs.
 _GPU_TRAIN = dict(image_size=224, batch_size=128, epochs=100, max_steps=300, amp="bf16", workers="auto",
                   eval_every=0, log_every=10)
 _GPU_BENCH = dict(bench_warmup=10, bench_iters=30, knn_max_train=None, knn_max_test=None)
@@ -403,12 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
                "e.g. `-- --lr 0.2 --local-crops-number 0`.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--method", required=True, choices=sorted(METHODS), help="the method to benchmark")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="smoke = seconds (tests); cpu = ~30 min on 2 cores; gpu = the issues' GPU settings "
+                   help="smoke = seconds (tests); cpu = ~30 min on 2 cores; gpu = the papers' settings at 224 px "
                         "(default: gpu with a CUDA GPU, else cpu)")
     p.add_argument("--data", default="cifar10", help="a labelled dataset of the registry (or a class-folder path)")
     p.add_argument("--data-root", default=None,
-                   help="dataset root (default: ../shared/data/cifar10-subset for cifar10 when it exists, else "
-                        "$SSL_DATA or ./data)")
+                   help="dataset root (default: $SSL_DATA or ./data)")
     g = p.add_argument_group("overrides of the recipe (default: the recipe's value, see benchmarks/README.md)")
     g.add_argument("--epochs", type=int, default=None, help="training epochs (every schedule follows them)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")
@@ -465,8 +462,6 @@ def main(argv=None) -> dict:
     if opts.recipe == "gpu" and opts.device is None and not torch.cuda.is_available():
         raise SystemExit("error: --recipe gpu needs a CUDA GPU and none is visible; use --recipe cpu (or force "
                          "--device cpu to run the GPU settings anyway)")
-    if opts.data_root is None and opts.data == "cifar10" and SHARED_CIFAR.exists():
-        opts.data_root = str(SHARED_CIFAR)
     train, bench, run_dir, train_argv = resolve(opts, extra)
     command = shlex.join(["python", f"{opts.method}/train.py", *train_argv])
     if opts.dry_run:

@@ -1,7 +1,7 @@
 """Train BYOL (Grill et al. 2020) on the shared engine.
 
     python byol/train.py --data shapes --image-size 32 --epochs 20
-    python byol/train.py --recipe stl10-sgd          # seed 003's STL-10 run in one command
+    python byol/train.py --recipe stl10-sgd          # BYOL on STL-10 after sthalles/PyTorch-BYOL, in one command
 
 Defaults are the paper's (Section 3.3 and Appendix C): LARS, base lr 0.2 × batch/256 (the
 paper's 4096 batch gives 3.2), weight decay 1.5e-6, 10 warm-up epochs then a cosine to 0,
@@ -15,15 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python byol/train.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
-from byol.data import BYOLViews
-from byol.model import BYOL
-from common import engine
-from common.augment import add_crop_scale_argument
-from common.backbones import build_backbone
-from common.options import base_parser
+from common.options import add_color_arguments, add_crop_scale_argument, base_parser, parse_cli
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 
@@ -31,7 +25,7 @@ DESCRIPTION = __doc__.split("\n\n")[0]
 # also run on a small dataset; the lr follows it linearly.
 DEFAULTS = dict(optimizer="lars", lr=0.2, min_lr=0.0, weight_decay=1.5e-6, warmup_epochs=10, epochs=1000)
 
-# Seed 003 (BYOL on STL-10 with ResNet-18, after sthalles/PyTorch-BYOL): SGD with lr 0.03, momentum
+# BYOL on STL-10 with ResNet-18 after sthalles/PyTorch-BYOL: SGD with lr 0.03, momentum
 # 0.9, weight decay 4e-4, batch 64, 96 px, an MLP of 512 → 128, 15 epochs. The engine scales --lr by
 # batch/256, so base lr 0.12 gives 0.03 at batch 64; --min-lr 0.03 keeps it constant (no decay, no
 # warm-up), as in that code.
@@ -42,7 +36,8 @@ RECIPES = {
 }
 
 
-RECIPE_NOTES = {"stl10-sgd": "seed 003: the 100k unlabelled STL-10 images, SGD at a constant lr 0.03 with batch 64, "
+RECIPE_NOTES = {"stl10-sgd": "sthalles/PyTorch-BYOL's STL-10 run: the 100k unlabelled images, SGD at a constant "
+                             "lr 0.03 with batch 64, "
                              "momentum 0.9, weight decay 4e-4"}
 
 
@@ -55,6 +50,7 @@ def recipe_help() -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("BYOL")
     add_crop_scale_argument(g)
+    add_color_arguments(g)
     g.add_argument("--recipe", default=None, choices=sorted(RECIPES), help=recipe_help())
     g.add_argument("--tau", type=float, default=0.996,
                    help="base decay rate τ of the target EMA, raised to 1 on a per-step cosine (paper: 0.996 "
@@ -81,6 +77,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def build(args, steps_per_epoch: int):
+    from byol.data import BYOLViews
+    from byol.model import BYOL
+    from common.backbones import build_backbone
+
     if not 0.0 <= args.tau <= 1.0:
         raise SystemExit(f"error: --tau must lie in [0, 1], got {args.tau}")
     if args.hidden_dim < 1 or args.out_dim < 1:
@@ -93,8 +93,10 @@ def build(args, steps_per_epoch: int):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    return engine.main("byol", add_arguments, build, defaults=defaults_for(argv), argv=argv,
-                       description=DESCRIPTION)
+    args = parse_cli("byol", add_arguments, defaults_for(argv), argv, DESCRIPTION)
+    from common import engine  # torch loads only now: --help and option errors never wait for it
+
+    return engine.train("byol", args, build)
 
 
 if __name__ == "__main__":

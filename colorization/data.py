@@ -12,54 +12,49 @@ grayscale images, which have no colour to learn.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from colorization.lab import is_grayscale, nearest_bin, rgb_to_lab
-from common.augment import ToNormalizedTensor, eval_transform
+from common.augment import CropFlip, Views, eval_transform, to_float, working_size
 
 OUTPUT_STRIDE = 4  # the network predicts ab at ¼ of the input resolution (paper: 56 of 224)
 
 
-class ColorizationViews:
-    """PIL image -> one normalised RGB crop (random resized crop and flip; no colour changes)."""
+class ColorizationViews(Views):
+    """A loaded batch -> one normalised RGB crop per image (random resized crop and flip, made on
+    the training device; no colour changes: colour is the label)."""
 
     def __init__(self, image_size: int, scale=(0.5, 1.0)):
-        self.transform = v2.Compose([
-            v2.RandomResizedCrop(image_size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC,
-                                 antialias=True),
-            v2.RandomHorizontalFlip(p=0.5),
-            ToNormalizedTensor(),
-        ])
+        super().__init__(working_size(image_size))
+        self.crop = CropFlip(image_size, scale)
 
-    def __call__(self, image):
-        return self.transform(image.convert("RGB"))
+    def __call__(self, images, g):
+        return self.crop(images, g)
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.transform})"
+        return f"{type(self).__name__}(load={self.load}, {self.crop})"
 
 
 def target_ab(lab: torch.Tensor) -> torch.Tensor:
-    """The ab the loss is computed on: the image's ab averaged over OUTPUT_STRIDE² blocks."""
-    return F.avg_pool2d(lab[:, 1:], OUTPUT_STRIDE)
+    """The ab the loss is computed on: every OUTPUT_STRIDE-th pixel, as the reference training code
+    (`ab[:, :, ::4, ::4]`), not a block average, which at a red/blue edge would be a colour of
+    neither region."""
+    return lab[:, 1:, ::OUTPUT_STRIDE, ::OUTPUT_STRIDE]
 
 
 def estimate_prior(dataset: Dataset, bins: torch.Tensor, image_size: int, num_images: int = 1000,
                    batch_size: int = 64) -> tuple[torch.Tensor, dict]:
     """Empirical distribution of the bins over the first `num_images` images of `dataset` (centre
     crops at `image_size`), grayscale images excluded. Returns (p of length Q, counts)."""
-    transform = eval_transform(image_size)
-    mean = torch.tensor(transform.transforms[-1].mean).view(1, 3, 1, 1)
-    std = torch.tensor(transform.transforms[-1].std).view(1, 3, 1, 1)
+    load = eval_transform(image_size)
     counts = torch.zeros(len(bins), dtype=torch.float64)
     n = min(num_images, len(dataset))
     used = gray = 0
     for start in range(0, n, batch_size):
-        x = torch.stack([transform(dataset[i][0]) for i in range(start, min(n, start + batch_size))])
-        lab = rgb_to_lab((x * std + mean).clamp(0, 1))
+        x = torch.stack([load(dataset[i][0]) for i in range(start, min(n, start + batch_size))])
+        lab = rgb_to_lab(to_float(x))
         ab = target_ab(lab)
-        colour = ~is_grayscale(lab[:, 1:])
+        colour = ~is_grayscale(ab)  # tested on the subsampled target, as the reference
         gray += int((~colour).sum())
         if colour.any():
             counts += torch.bincount(nearest_bin(ab[colour], bins).flatten(), minlength=len(bins)).double()

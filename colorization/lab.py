@@ -1,9 +1,9 @@
 """The colour maths of Zhang, Isola & Efros 2016 ("Colorful Image Colorization"), in torch.
 
-- sRGB <-> CIE Lab (D65 white, sRGB transfer curve), batched over any leading dimensions with the
-  colour channels at dim -3 (C×H×W or B×C×H×W), with the constants scikit-image uses.
-- The Q = 313 in-gamut ab bins (Sec. 2.1): a 10-unit grid over ab, kept where some lightness
-  gives a displayable colour. Computed here, not downloaded.
+- sRGB <-> CIE Lab and the encoder's lightness input come from common/color.py (shared with the
+  backbones, which import no method); they are re-exported here.
+- The Q = 313 in-gamut ab bins (Sec. 2.1): the published centres (pts_in_hull.npy of
+  richzhang/colorization) in the published order, written out here rather than downloaded.
 - Soft-encoding of a ground-truth ab to its nearest bins with a Gaussian kernel (Sec. 2.1).
 - Class rebalancing (Sec. 2.2, Eq. 3-4): weights from the smoothed empirical prior of the bins.
 - Annealed-mean decoding (Sec. 2.3, Eq. 5): H(Z) = E[f_T(Z)], T = 0.38.
@@ -16,104 +16,35 @@ import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-# Linear sRGB -> XYZ (IEC 61966-2-1, the digits scikit-image uses) and the D65 reference white.
-RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423),
-              (0.212671, 0.715160, 0.072169),
-              (0.019334, 0.119193, 0.950227))
-WHITE_D65 = (0.95047, 1.0, 1.08883)
-DELTA = 6 / 29  # CIE Lab's switch between the cube root and its linear toe
+from common.color import L_CENTER, L_NORM, LightnessInput, lab_to_rgb, rgb_to_lab, rgb_to_lightness  # noqa: F401
 
 GRID = 10.0          # ab bin spacing (paper: grid size 10)
-GAMUT_DELTA_E = 14.0  # see ab_bins()
-L_CENTER, L_NORM = 50.0, 100.0  # network input (L - 50) / 100, as the released PyTorch code
-AB_MAX = 110.0        # |a|, |b| of the outermost bin centres
+AB_MAX = 110.0        # |a|, |b| of the outermost grid points the gamut test looks at
 
-
-def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
-    return torch.where(c > 0.04045, ((c.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, c / 12.92)
-
-
-def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
-    return torch.where(c > 0.0031308, 1.055 * c.clamp(min=0.0031308) ** (1 / 2.4) - 0.055, 12.92 * c)
-
-
-def _f(t: torch.Tensor) -> torch.Tensor:
-    return torch.where(t > DELTA ** 3, t.clamp(min=DELTA ** 3) ** (1 / 3), t / (3 * DELTA ** 2) + 4 / 29)
-
-
-def _f_inv(f: torch.Tensor) -> torch.Tensor:
-    return torch.where(f > DELTA, f ** 3, 3 * DELTA ** 2 * (f - 4 / 29))
-
-
-def _matrix(rows, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(rows, dtype=like.dtype, device=like.device)
-
-
-def _apply(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """m (3×3) applied to the channel dim (-3) of x (…×3×H×W)."""
-    return torch.einsum("ij,...jhw->...ihw", m, x)
-
-
-def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """sRGB in [0, 1] (…×3×H×W) -> Lab: L in [0, 100], a and b roughly in [-110, 110]."""
-    if rgb.shape[-3] != 3:
-        raise ValueError(f"rgb_to_lab expects 3 colour channels at dim -3, got shape {tuple(rgb.shape)}")
-    xyz = _apply(_matrix(RGB_TO_XYZ, rgb), _srgb_to_linear(rgb))
-    xyz = xyz / _matrix(WHITE_D65, rgb).view(3, 1, 1)
-    fx, fy, fz = _f(xyz).unbind(-3)
-    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=-3)
-
-
-def lab_to_rgb(lab: torch.Tensor, clip: bool = True) -> torch.Tensor:
-    """Lab (…×3×H×W) -> sRGB; `clip` maps out-of-gamut colours to the nearest face of [0, 1]³."""
-    if lab.shape[-3] != 3:
-        raise ValueError(f"lab_to_rgb expects L, a, b at dim -3, got shape {tuple(lab.shape)}")
-    L, a, b = lab.unbind(-3)
-    fy = (L + 16) / 116
-    f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=-3)
-    xyz = _f_inv(f) * _matrix(WHITE_D65, lab).view(3, 1, 1)
-    linear = _apply(torch.linalg.inv(_matrix(RGB_TO_XYZ, lab).double()).to(lab.dtype), xyz)
-    if clip:
-        linear = linear.clamp(0.0, 1.0)
-    return _linear_to_srgb(linear)
-
-
-def rgb_to_lightness(rgb: torch.Tensor) -> torch.Tensor:
-    """L only (…×1×H×W), from the luminance Y alone, as rgb_to_lab computes it."""
-    y = _apply(_matrix(RGB_TO_XYZ[1:2], rgb), _srgb_to_linear(rgb))
-    return 116 * _f(y) - 16
-
-
-class LightnessInput:
-    """A fixed, parameter-free first layer: ImageNet-normalised RGB (what every loader and eval
-    transform produce) -> the network input (L - 50) / 100; 1-channel input passes unchanged.
-
-    Used as a forward pre-hook on a 1-channel backbone's first layer (conv1 / patch_embed), it
-    lets the colorization encoder take the same 3-channel batches as every other backbone while
-    its state dict stays that of `build_backbone(..., in_chans=1)`."""
-
-    def __init__(self, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
-        self.mean, self.std = tuple(mean), tuple(std)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-3] == 1:
-            return x
-        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
-        rgb = (x.float() * std + mean).clamp(0.0, 1.0)
-        return ((rgb_to_lightness(rgb) - L_CENTER) / L_NORM).to(x.dtype)
-
-    def hook(self, module: nn.Module, args: tuple) -> tuple:
-        """forward pre-hook signature"""
-        return (self(args[0]), *args[1:])
+# The published Q = 313 bin centres, richzhang/colorization resources/pts_in_hull.npy, row by row:
+# a (step 10) -> the first and last b (step 10) of its run of centres. The file lists them sorted by
+# a, then by b, which is the order of every published per-bin array (prior_probs.npy, the 313
+# logits of the released models).
+PTS_IN_HULL_B_RANGE = {
+    -90: (50, 90), -80: (20, 90), -70: (0, 90), -60: (-20, 90), -50: (-30, 100), -40: (-40, 100),
+    -30: (-50, 100), -20: (-50, 100), -10: (-60, 100), 0: (-70, 100), 10: (-80, 90), 20: (-80, 90),
+    30: (-90, 90), 40: (-100, 90), 50: (-100, 80), 60: (-110, 80), 70: (-110, 80), 80: (-110, 70),
+    90: (-110, 70), 100: (-90, 0),
+}
 
 
 # --- the 313 ab bins ------------------------------------------------------------------------------
 
+def ab_bins() -> torch.Tensor:
+    """The quantised ab output space: the published 313 centres in the published order, Q×2
+    (float32), so that the published prior and released decoders index the same colours."""
+    return torch.tensor([(a, b) for a, (lo, hi) in PTS_IN_HULL_B_RANGE.items() for b in range(lo, hi + 1, 10)],
+                        dtype=torch.float32)
+
+
 @functools.cache
-def _ab_bins_np(grid: float, delta_e: float) -> np.ndarray:
+def _gamut_grid_np(grid: float, delta_e: float) -> np.ndarray:
     ticks = np.arange(-AB_MAX, AB_MAX + grid / 2, grid)
     ab = np.stack(np.meshgrid(ticks, ticks, indexing="ij"), -1).reshape(-1, 2)
     lightness = np.arange(0.0, 101.0)
@@ -125,17 +56,14 @@ def _ab_bins_np(grid: float, delta_e: float) -> np.ndarray:
     return ab[keep]
 
 
-def ab_bins(grid: float = GRID, delta_e: float = GAMUT_DELTA_E) -> torch.Tensor:
-    """The quantised ab output space, Q×2 (float32), sorted by a then b.
-
-    The paper keeps the grid points "in gamut" without saying how it tested that. Here a centre
-    (a, b) is kept when, for some integer L in 0..100, the colour (L, a, b) is within ΔE*76 =
-    `delta_e` of the sRGB colour it is displayed as (its RGB clipped to [0, 1]). The count grows
-    with the tolerance: a strict test (ΔE 1e-6) keeps 225 centres, and every tolerance from 13.88
-    to 14.25 keeps exactly the paper's Q = 313 (the bounding box is a in [-90, 110], b in
-    [-110, 100]).
-    """
-    return torch.from_numpy(_ab_bins_np(float(grid), float(delta_e))).float()
+def gamut_grid(delta_e: float, grid: float = GRID) -> torch.Tensor:
+    """Grid centres that an sRGB gamut test keeps, sorted by a then b: (a, b) is kept when, for
+    some integer L in 0..100, (L, a, b) is within ΔE*76 = `delta_e` of the sRGB colour it is
+    displayed as (its RGB clipped to [0, 1]). The paper does not say how its gamut was computed;
+    this test with ΔE 14 also keeps 313 centres, but 3 of them differ from the published set
+    (it has (-60, 100), (80, 80), (110, -60) where pts_in_hull has (40, 90), (100, -90), (100, 0)),
+    which is why ab_bins() uses the published set."""
+    return torch.from_numpy(_gamut_grid_np(float(grid), float(delta_e))).float()
 
 
 # --- soft-encoding, the prior and its weights -----------------------------------------------------

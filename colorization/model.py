@@ -52,7 +52,8 @@ def lightness_backbone(arch: str, image_size: int, patch_size: int = 16, drop_pa
 
 
 def spatial_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The backbone's last feature map before pooling: ResNet layer4, ViT patch tokens (B×D×h×w)."""
+    """The backbone's last feature map before pooling: the CNNs' last stage, ResNet layer4, ViT patch
+    tokens (B×D×h×w)."""
     if hasattr(net, "prepare_tokens"):
         B, _, H, W = x.shape
         tokens = net.prepare_tokens(x)
@@ -60,6 +61,8 @@ def spatial_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
             tokens = blk(tokens)
         tokens = net.norm(tokens)[:, 1:]
         return tokens.transpose(1, 2).reshape(B, -1, H // net.patch_size, W // net.patch_size)
+    if hasattr(net, "feature_map"):  # the CPU-sized CNNs
+        return net.feature_map(x)
     x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
     return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
@@ -140,11 +143,12 @@ class Colorization(SSLMethod):
         with torch.autocast(x.device.type, enabled=False):  # colour maths in float32
             rgb = (x.float() * self.std + self.mean).clamp(0, 1)
             lab = rgb_to_lab(rgb)
-            z = soft_encode(target_ab(lab), self.bins, self.sigma, self.neighbours)
+            ab = target_ab(lab)
+            z = soft_encode(ab, self.bins, self.sigma, self.neighbours)
             log_p = F.log_softmax(logits.float(), dim=1)
             v = self.weights[z.argmax(1)]  # v(Z_h,w) = w_q* of the most likely true bin (Eq. 3)
             per_image = (-(z * log_p).sum(1) * v).flatten(1).mean(1)
-            colour = ~is_grayscale(lab[:, 1:])
+            colour = ~is_grayscale(ab)  # the reference tests the subsampled target, not the full image
             loss = (per_image * colour).sum() / colour.sum().clamp(min=1)
             out = {"loss": loss, "colour_images": colour.float().mean() * 100}
             if not self.training:

@@ -24,10 +24,16 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-ARCHS = ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
+from common.options import ARCH_CHOICES as ARCHS  # noqa: E402  (the one list, torch-free for --help)
 
-# (embed_dim, depth, num_heads) from DeiT (tiny) and ViT (small, base), as in DINO.
-VIT_CONFIGS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+# (embed_dim, depth, num_heads) from DeiT (tiny) and ViT (small, base), as in DINO; vit_mini is the
+# CPU-sized member: DeiT-Tiny's width and heads with 4 of its 12 blocks (1.8 M parameters).
+VIT_CONFIGS = {"vit_mini": (192, 4, 3), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6),
+               "vit_base": (768, 12, 12)}
+
+# Stage widths of the CPU-sized CNNs (4 stages, each a residual pair of 3x3 convs, 2x2 max-pooling
+# between stages): 0.3 M and 1.2 M parameters.
+CNN_WIDTHS = {"cnn_tiny": (16, 32, 64, 128), "cnn_small": (32, 64, 128, 256)}
 
 
 class BackboneError(ValueError):
@@ -150,17 +156,11 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(m.bias)
 
     def interpolate_pos_encoding(self, n_patches: int, h: int, w: int) -> torch.Tensor:
-        """Position embedding for an h×w input: the patch grid resized bicubically (as DINO)."""
-        n_trained = self.pos_embed.shape[1] - 1
+        """Position embedding for an h×w input (see interpolate_pos_embed)."""
         h0, w0 = h // self.patch_size, w // self.patch_size
-        if n_patches == n_trained and h0 == w0:
+        if n_patches == self.pos_embed.shape[1] - 1 and h == w:
             return self.pos_embed
-        side = math.isqrt(n_trained)
-        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
-        patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos, size=(h0, w0), mode="bicubic", align_corners=False)
-        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, h0 * w0, -1)
-        return torch.cat((cls_pos, patch_pos), dim=1)
+        return interpolate_pos_embed(self.pos_embed, h0, w0)
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
         B, _, h, w = x.shape
@@ -175,12 +175,86 @@ class VisionTransformer(nn.Module):
             x = blk(x)
         return self.norm(x)[:, 0]
 
+    def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
+        """The normalised tokens (B × (1+N) × D) of the last `n` blocks, as DINO's ViT (its linear
+        protocol concatenates their CLS tokens)."""
+        x = self.prepare_tokens(x)
+        output = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if len(self.blocks) - i <= n:
+                output.append(self.norm(x))
+        return output
+
     def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax attention of the last block, B × heads × (1+N) × (1+N); row 0 is the CLS query."""
         x = self.prepare_tokens(x)
         for blk in self.blocks[:-1]:
             x = blk(x)
         return self.blocks[-1](x, return_attention=True)
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, h0: int, w0: int) -> torch.Tensor:
+    """1 × (1+N) × D position embedding (CLS first, a square grid of N patches) → 1 × (1+h0·w0) × D,
+    exactly as facebookresearch/dino's vision_transformer.py: bicubic with `scale_factor` (h0 + 0.1) /
+    side, not a target size. The +0.1 keeps floor(side · scale) = h0 despite rounding (dino issue #8),
+    and since the scale, not the size, sets the sampling positions, this differs from `size=(h0, w0)`
+    (by 5.9 % on a 14 → 30 grid): released DINO weights were evaluated with this one."""
+    n = pos_embed.shape[1] - 1
+    side = math.isqrt(n)
+    if side * side != n:
+        raise BackboneError(f"the position embedding has {n} patch positions, not a square grid")
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    patch_pos = F.interpolate(patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2),
+                              scale_factor=((h0 + 0.1) / side, (w0 + 0.1) / side), mode="bicubic")
+    assert patch_pos.shape[-2:] == (h0, w0), patch_pos.shape  # what the +0.1 guarantees
+    return torch.cat((cls_pos, patch_pos.permute(0, 2, 3, 1).reshape(1, h0 * w0, -1)), dim=1)
+
+
+class ResidualPair(nn.Module):
+    """Two 3x3 conv + BatchNorm with a shortcut (a 1x1 conv + BN where the width changes), as a
+    ResNet basic block; the second BN starts at gamma = 0 so the block starts as the identity."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        nn.init.zeros_(self.bn2.weight)
+        self.shortcut = (nn.Identity() if c_in == c_out else
+                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out)))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x), inplace=True)
+
+
+class SmallCNN(nn.Module):
+    """The CPU-sized CNN: a 3x3 stem, then 4 residual stages with 2x2 max-pooling between them
+    (32 px in, a 4x4 map out), global average pooling. Sized so that a 2-core CPU runs a two-view
+    SSL step at 32 px in a few hundred images per second (docs/benchmarks.md)."""
+
+    def __init__(self, widths, in_chans: int = 3):
+        super().__init__()
+        self.embed_dim = widths[-1]
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages, c = [], widths[0]
+        for i, w in enumerate(widths):
+            stages.append(nn.Sequential(*([nn.MaxPool2d(2)] if i else []), ResidualPair(c, w)))
+            c = w
+        self.stages = nn.Sequential(*stages)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """B×C×H×W -> B×embed_dim×H/8×W/8, before pooling (Colorization, Jigsaw)."""
+        return self.stages(F.relu(self.bn1(self.conv1(x)), inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean((2, 3))
 
 
 def _resnet(arch: str, image_size: int, in_chans: int) -> nn.Module:
@@ -217,7 +291,9 @@ def build_backbone(arch: str, image_size: int = 224, patch_size: int = 16, drop_
             raise BackboneError(f"{name} must be a positive integer, got {value!r}")
     if not 0.0 <= drop_path_rate < 1.0:
         raise BackboneError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
-    if arch.startswith("resnet"):
+    if arch in CNN_WIDTHS:
+        model = SmallCNN(CNN_WIDTHS[arch], in_chans)
+    elif arch.startswith("resnet"):
         model = _resnet(arch, image_size, in_chans)
     else:
         if image_size % patch_size:
@@ -229,9 +305,9 @@ def build_backbone(arch: str, image_size: int = 224, patch_size: int = 16, drop_
     model.kwargs = dict(arch=arch, image_size=image_size, patch_size=patch_size,
                         drop_path_rate=float(drop_path_rate), in_chans=in_chans)
     if input_mode == "lab_l":
-        from colorization.lab import LightnessInput
+        from common.color import LightnessInput
 
-        first = model.patch_embed if hasattr(model, "patch_embed") else model.conv1
+        first = model.patch_embed if hasattr(model, "patch_embed") else model.conv1  # every CNN has conv1
         first.register_forward_pre_hook(LightnessInput().hook)  # also on the attention path
         model.kwargs["input_mode"] = input_mode
     return model

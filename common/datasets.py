@@ -260,9 +260,9 @@ def _class_folders(folder: Path, classes: list[str], subfolder: str | None = Non
 
 # ---------------------------------------------------------------- builders: (root, split, download)
 
-def _shapes(root: Path, split: str, download: bool) -> ArrayImages:
-    images, labels, masks = shapes.load_split(root, split)
-    return ArrayImages("shapes", split, images, labels, shapes.CLASSES, masks, "object")
+def _shapes(root: Path, split: str, download: bool, variant: str = "shapes") -> ArrayImages:
+    images, labels, masks = shapes.load_split(root, split, variant)
+    return ArrayImages(variant, split, images, labels, shapes.CLASSES, masks, "object")
 
 
 DIGITS_TEST_SIZE = 360  # of scikit-learn's 1797 digits: a fixed, stratified, seeded hold-out
@@ -282,10 +282,23 @@ def _digits(root: Path, split: str, download: bool) -> ArrayImages:
     return ArrayImages("digits", split, images, digits.target[index], [str(d) for d in range(10)])
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR's batches hold dicts, lists, str, bytes, numbers and numpy arrays: any other global
+    in the file (a function to call, a class to build) is refused, so reading it cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR batch never holds")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            return _ArraysOnly(f, encoding="latin1").load()
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, AttributeError) as e:
         raise DatasetError(f"cannot read {path} ({_one_line(e)}); delete it and run with --download") from None
 
@@ -513,6 +526,16 @@ def _voc2012(root: Path, split: str, download: bool) -> ImageFiles:
     return ImageFiles("voc2012", split, d, files, [-1] * len(ids), [], masks, "object")
 
 
+def voc2012_class_masks(dataset: ImageFiles) -> ImageFiles:
+    """The same VOC 2012 images with the SegmentationClass masks (the 20 class ids, 0 background,
+    255 void) in place of SegmentationObject (one id per instance)."""
+    root = Path(dataset.root)
+    files = [os.fsdecode(f) for f in dataset._files]
+    masks = [f"SegmentationClass/{Path(f).stem}.png" if (root / "SegmentationClass" / f"{Path(f).stem}.png").exists()
+             else None for f in files]
+    return ImageFiles("voc2012", dataset.split, root, files, list(dataset.targets), [], masks, "class")
+
+
 def _places365(root: Path, split: str, download: bool) -> ImageFiles:
     """torchvision's Places365 (small 256x256 images): train-standard and val."""
     places = _torchvision_dataset("Places365")
@@ -534,6 +557,7 @@ def _places365(root: Path, split: str, download: bool) -> ImageFiles:
 
 DATASETS = {
     "shapes": _shapes,
+    "shapes-hard": lambda root, split, download: _shapes(root, split, download, "shapes-hard"),
     "digits": _digits,
     "cifar10": lambda root, split, download: _cifar("cifar10", root, split, download),
     "cifar100": lambda root, split, download: _cifar("cifar100", root, split, download),

@@ -8,7 +8,11 @@ guard and the curves. A method owns its networks, its loss and its own state.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -18,10 +22,17 @@ from torch import nn
 from torch.utils.data import Subset
 
 from common import optim
-from common.checkpoint import CheckpointError, eval_state, load_checkpoint, save_checkpoint
+from common.checkpoint import (
+    RESUME_KEYS,
+    CheckpointError,
+    eval_state,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from common.logging import RunLogger, write_config
-from common.options import base_parser, parse_args
-from common.runtime import cleanup_runtime, rng_state, set_rng_state, setup_runtime
+from common.options import option_differences, output_problem, parse_cli
+from common.runtime import cleanup_runtime, preserved_rng, rng_state, set_rng_state, setup_runtime
 from common.schedules import cosine_schedule
 
 
@@ -69,6 +80,33 @@ def _to_device(obj, device, channels_last: bool):
     if isinstance(obj, dict):
         return {k: _to_device(v, device, channels_last) for k, v in obj.items()}
     return obj
+
+
+def make_views(transform, batch, seed: int, epoch: int, index: int, rank: int, device, channels_last: bool):
+    """(uint8 images, labels) from the loader -> (views, labels) on `device`: the method's views of
+    the whole batch, made there from the generator of (seed, epoch, batch index, rank)."""
+    from common.loader import view_generator
+
+    images, labels = _to_device(batch, device, False)
+    views = transform(images, view_generator(seed, epoch, index, rank))
+    return _to_device(views, device, channels_last), labels
+
+
+def training_step(model, method, batch, step: int, optimizer, scaler, params, clip_grad: float, autocast) -> dict:
+    """One optimiser step on a batch of views: forward under AMP, backward, per-parameter clipping,
+    the method's hooks around the optimiser step. `model` is the (DDP-wrapped) method."""
+    with autocast():
+        out = model(batch, step)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out["loss"]).backward()
+    if clip_grad > 0:
+        scaler.unscale_(optimizer)
+        clip_gradients_per_parameter(params, clip_grad)
+    method.before_optimizer_step(step)
+    scaler.step(optimizer)
+    scaler.update()
+    method.after_step(step)
+    return out
 
 
 def clip_gradients_per_parameter(params, clip: float) -> None:
@@ -131,17 +169,6 @@ class Trainer:
     def wall_time(self) -> float:
         return self.wall_before + time.time() - self.t_start
 
-    def resume_checkpoint(self) -> Path | None:
-        resume = self.args.resume
-        if resume == "never":
-            return None
-        if resume == "auto":
-            path = self.run_dir / "checkpoint.pt"
-            return path if path.exists() else None
-        if not Path(resume).exists():
-            raise SystemExit(f"error: --resume {resume} does not exist; pass a checkpoint.pt, 'auto' or 'never'")
-        return Path(resume)
-
     # --- signals --------------------------------------------------------------------------------
     def _install_signals(self):
         def request_stop(signum, frame):
@@ -164,60 +191,80 @@ class Trainer:
         return flag
 
     # --- the loop -------------------------------------------------------------------------------
-    def fit(self, method: SSLMethod, transform) -> dict:
-        from common.figures import plot_metrics
-        from common.loader import build_loader
-
+    def prepare(self, method: SSLMethod, resume_path: Path | None = None, ckpt: dict | None = None) -> None:
+        """Build the optimiser and load the resume checkpoint (`read_resume`) into the method,
+        optimiser and scaler: what can refuse the command happens before the run directory is touched."""
         args, rt = self.args, self.rt
-        channels_last = args.arch.startswith("resnet") and rt.device.type != "mps"
+        self.channels_last = args.arch.startswith("resnet") and rt.device.type != "mps"
         method.to(rt.device)
-        if channels_last:
+        if self.channels_last:
             method.to(memory_format=torch.channels_last)
-        optimizer = optim.build_optimizer(method.param_groups(), args)
-        scaler = rt.grad_scaler()
-        lr_schedule = cosine_schedule(args.lr * args.batch_size / 256, args.min_lr, args.epochs,
-                                      self.steps_per_epoch, args.warmup_epochs)
-        wd_schedule = cosine_schedule(args.weight_decay, args.weight_decay_end, args.epochs, self.steps_per_epoch)
-
-        step, self.wall_before = 0, 0.0
-        resume_path = self.resume_checkpoint()
+        self.optimizer = optim.build_optimizer(method.param_groups(), args)
+        self.scaler = rt.grad_scaler()
+        self.step, self.wall_before, self.resumed_step = 0, 0.0, None
+        self.resume_path = resume_path
         if resume_path is not None:
-            ckpt = load_checkpoint(resume_path, method=self.name, arch=args.arch)
-            method.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
-            step, self.wall_before = ckpt["step"], ckpt.get("wall_time", 0.0)
+            self.load_state(method, ckpt)
+            self.step = self.resumed_step = ckpt["step"]
+            self.wall_before = ckpt.get("wall_time", 0.0)
             rngs = ckpt["rng"]
             set_rng_state(rngs[rt.rank] if rt.rank < len(rngs) else rngs[0])
         elif rt.distributed:
             torch.manual_seed(args.seed + rt.rank)  # own drop-path masks per process after identical init
 
-        logger = RunLogger(self.run_dir, rt.is_main, self.total_steps, step)
+    def load_state(self, method: SSLMethod, ckpt: dict) -> None:
+        try:
+            method.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            detail = lines[1] if len(lines) > 1 else lines[0]  # the first mismatch, after torch's header
+            raise SystemExit(f"error: {self.resume_path} does not fit this model ({detail[:200]}); "
+                             f"{option_differences(ckpt.get('args') or {}, vars(self.args))}") from None
+
+    def fit(self, method: SSLMethod, transform) -> dict:
+        """Train from the state `prepare` set up (a fresh run or the resume checkpoint's)."""
+        from common.figures import plot_metrics
+        from common.loader import build_loader
+
+        args, rt = self.args, self.rt
+        channels_last, optimizer, scaler = self.channels_last, self.optimizer, self.scaler
+        step = self.step
+        lr_schedule = cosine_schedule(args.lr * args.batch_size / 256, args.min_lr, args.epochs,
+                                      self.steps_per_epoch, args.warmup_epochs)
+        wd_schedule = cosine_schedule(args.weight_decay, args.weight_decay_end, args.epochs, self.steps_per_epoch)
+
+        stop_at = self.total_steps if args.max_steps is None else min(self.total_steps, args.max_steps)
+        logger = RunLogger(self.run_dir, rt.is_main, self.total_steps, step, stop_at, tensorboard=args.tensorboard)
         logger.truncate_after(step)
-        if resume_path is not None:
-            logger.info(f"resuming from {resume_path} at step {step} (epoch {step // self.steps_per_epoch})")
+        logger.banner(f"{self.name} on {args.data}", self.banner_fields(method, step, stop_at))
         for note in self.notes:
             logger.info(note)
 
         model = method
         if rt.distributed:
-            if args.sync_bn:
+            # on by default (the official DINO ResNet, BYOL and Barlow Twins codes); GPUs only, as
+            # SyncBatchNorm has no CPU kernel: on gloo each process keeps its own batch statistics
+            if args.sync_bn and rt.device.type == "cuda" and any(
+                    isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                logger.info("SyncBatchNorm: BatchNorm statistics over the global batch (--no-sync-bn: per process)")
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
         if args.compile:
             model = torch.compile(model)
 
-        loader = build_loader(self.train_set, transform, args.batch_size, args.seed, args.workers, rt)
-        val_loader = (build_loader(self.val_set, transform, args.batch_size, args.seed, args.workers, rt,
+        self.transform = transform
+        loader = build_loader(self.train_set, transform.load, args.batch_size, args.seed, args.workers, rt)
+        val_loader = (build_loader(self.val_set, transform.load, args.batch_size, args.seed, args.workers, rt,
                                    shuffle=False) if self.val_set is not None else None)
-        stop_at = self.total_steps if args.max_steps is None else min(self.total_steps, args.max_steps)
         self.t_start = time.time()
         if step == 0:
             self.save_snapshot(method, 0, 0)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         bad = torch.zeros((), dtype=torch.bool, device=rt.device)
-        last_saved, reason = -1, "end"
+        last_saved, reason, epoch_done = -1, "end", step  # a resumed step is always past its epoch's end
         self._install_signals()
         try:
             while step < stop_at and reason == "end":
@@ -230,20 +277,11 @@ class Trainer:
                         g["lr"] = lr_schedule[step] * g["lr_scale"]
                         if g["apply_wd"]:
                             g["weight_decay"] = wd_schedule[step]
-                    batch = _to_device(batch, rt.device, channels_last)
-                    with rt.autocast():
-                        out = model(batch, step)
-                    loss = out["loss"]
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if args.clip_grad > 0:
-                        scaler.unscale_(optimizer)
-                        clip_gradients_per_parameter(params, args.clip_grad)
-                    method.before_optimizer_step(step)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    method.after_step(step)
-                    bad |= ~torch.isfinite(loss.detach())
+                    batch = make_views(transform, batch, args.seed, epoch, step % self.steps_per_epoch, rt.rank,
+                                       rt.device, channels_last)
+                    out = training_step(model, method, batch, step, optimizer, scaler, params, args.clip_grad,
+                                        rt.autocast)
+                    bad |= ~torch.isfinite(out["loss"].detach())
                     step += 1
 
                     at_end = step >= stop_at or step % self.steps_per_epoch == 0
@@ -259,15 +297,20 @@ class Trainer:
                         t_log, step_log = now, step
                         if self._stop_requested():
                             reason = "signal"
-                    if args.save_every and step % args.save_every == 0:
+                    # An epoch's last step and a stop are saved once, below, after the epoch's end: a
+                    # checkpoint taken before the end of an epoch would resume past its validation,
+                    # monitor, snapshot and epoch row.
+                    if args.save_every and step % args.save_every == 0 and not at_end and reason == "end":
                         self._check_finite(bad, step, method, last_saved)
                         self.save(method, optimizer, scaler, step)
                         last_saved = step
                     if at_end or reason != "end":
                         break
-                if reason == "end" and step % self.steps_per_epoch == 0:
+                if step % self.steps_per_epoch == 0:  # also when a signal stops the run on an epoch's last step
                     self._check_finite(bad, step, method, last_saved)
-                    self.end_of_epoch(method, model, val_loader, step, logger)
+                    with preserved_rng():  # evaluation must not move the training run's random stream
+                        self.end_of_epoch(method, model, val_loader, step, logger)
+                    epoch_done = step
                     self.save(method, optimizer, scaler, step)
                     last_saved = step
                     if rt.is_main:
@@ -276,9 +319,13 @@ class Trainer:
             reason = "signal"
         finally:
             self._restore_signals()
-        if last_saved != step:  # stopped mid-epoch: the epoch end neither saved nor drew this step
+        # A second Ctrl-C between an epoch's last step and its end leaves no checkpoint of that step:
+        # the previous one is kept and resuming redoes the steps and the epoch end.
+        consistent = step % self.steps_per_epoch or epoch_done == step
+        if last_saved != step and consistent:  # stopped mid-epoch: no epoch end saved this step
             self._check_finite(bad, step, method, last_saved)
             self.save(method, optimizer, scaler, step)
+            last_saved = step
             if rt.is_main:
                 plot_metrics(self.run_dir)
         summary = {"event": "stop", "reason": reason, "step": step, "epoch": step / self.steps_per_epoch,
@@ -286,14 +333,21 @@ class Trainer:
         logger.log(summary, show=False)
         logger.close()
         if reason == "signal":
-            raise SystemExit(f"stopped at step {step}; checkpoint saved in {self.run_dir}/checkpoint.pt — "
-                             "re-run the same command to resume")
+            signum = self.stop_signal or signal.SIGINT
+            kept = last_saved if last_saved >= 0 else self.resumed_step
+            saved = (f"checkpoint saved in {self.run_dir}/checkpoint.pt" if last_saved == step else
+                     f"the checkpoint of step {kept} is kept" if kept is not None else "no checkpoint was saved yet")
+            if rt.is_main:
+                print(f"stopped by {signal.Signals(signum).name} at step {step}; {saved} — re-run the same command "
+                      "to resume", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)  # the shell's convention: 130 after SIGINT, 143 after SIGTERM
         logger.info(f"done: step {step}/{self.total_steps}, {summary['wall_time_s']} s, run directory {self.run_dir}")
         return summary
 
     def _check_finite(self, bad, step, method, last_saved):
         if bool(bad.item()):
-            kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved >= 0 else "nothing was saved"
+            good = last_saved if last_saved >= 0 else self.resumed_step
+            kept = f"the last good checkpoint (step {good}) is kept" if good is not None else "nothing was saved"
             hint = f"; {method.nan_hint}" if method.nan_hint else ""
             raise SystemExit(f"error: the loss became NaN or infinite by step {step}; {kept}{hint}")
 
@@ -306,8 +360,9 @@ class Trainer:
         if val_loader is not None:
             model.eval()
             sums, count = {}, 0
-            for batch in val_loader:
-                batch = _to_device(batch, self.rt.device, False)
+            for index, batch in enumerate(val_loader):
+                batch = make_views(self.transform, batch, self.args.seed, -1, index, self.rt.rank, self.rt.device,
+                                   False)
                 with self.rt.autocast():
                     out = model(batch, step - 1)
                 n = len(batch[1])
@@ -327,8 +382,26 @@ class Trainer:
             if epoch in snapshot_epochs(self.args.epochs):
                 self.save_snapshot(method, epoch, step)
         barrier()
-        if len(row) > 2:
-            logger.log(row)
+        logger.end_epoch(row, self.args.epochs)
+
+    def banner_fields(self, method, step: int, stop_at: int) -> dict:
+        """What the start banner shows: where the run writes, what it trains and for how long."""
+        args, rt = self.args, self.rt
+        count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+        amp = str(rt.amp_dtype).replace("torch.", "") if rt.amp_dtype else "off"
+        stops = f"; this run stops at {stop_at} (--max-steps)" if stop_at < self.total_steps else ""
+        fields = {
+            "run directory": str(self.run_dir),
+            "device": f"{rt.device}, AMP {amp}" + (f", {rt.world_size} processes" if rt.world_size > 1 else ""),
+            "backbone": f"{args.arch}, {count(method.eval_backbone):.2f} M parameters "
+                        f"({count(method):.2f} M in the whole method)",
+            "images": f"{len(self.train_set)} training, batch {args.batch_size}: "
+                      f"{self.steps_per_epoch} steps per epoch",
+            "steps": f"{self.total_steps} in {args.epochs} epoch{'s' * (args.epochs != 1)}{stops}",
+        }
+        if self.resume_path is not None:
+            fields["resume"] = f"step {step} (epoch {step // self.steps_per_epoch}) from {self.resume_path}"
+        return fields
 
 
 # --- the shared train.py entry ------------------------------------------------------------------
@@ -387,30 +460,100 @@ def default_out(name: str, args) -> str:
 
 
 def main(name: str, add_arguments, build, defaults: dict | None = None, argv=None, description: str = ""):
-    """Parse the shared options plus the method's, set up the runtime, data and monitor, build
-    the method with `build(args, steps_per_epoch) -> (method, train_transform)`, and train."""
+    """Parse the shared options plus the method's, then `train` (for callers that have imported torch
+    already; a train.py parses first with `parse_cli`, so that --help never waits for torch)."""
+    return train(name, parse_cli(name, add_arguments, defaults, argv, description), build)
+
+
+def train(name: str, args, build):
+    """Set up the runtime, data and monitor for parsed `args`, build the method with
+    `build(args, steps_per_epoch) -> (method, train_transform)`, and train."""
     from common.datasets import DatasetError
 
-    parser = base_parser(name, description, **(defaults or {}))
-    add_arguments(parser)
-    args = parse_args(parser, argv)
     args.out = args.out or default_out(name, args)
+    problem = output_problem(args.out)
+    if problem:
+        raise SystemExit(f"error: {problem}")
     runtime = setup_runtime(args)
+    # Nothing in the run directory changes before the command is known to be valid: under the lock,
+    # the resume checkpoint is read and checked (cheap checks before the data and the model are
+    # built, its fit to the model after), and only then are config.json and the rest written.
     try:
-        notes: list[str] = []
-        base, train_set, val_set = build_datasets(args, notes)
-        monitor = build_monitor(args, base, runtime, notes)
-        trainer = Trainer(name, args, runtime, train_set, val_set, monitor)
-        trainer.notes += notes
-        method, transform = build(args, trainer.steps_per_epoch)
-        if runtime.is_main:
-            write_config(trainer.run_dir, args, {
-                "method": name, "steps_per_epoch": trainer.steps_per_epoch, "world_size": runtime.world_size,
-                "train_images": len(train_set), "device": str(runtime.device),
-                "amp": str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else "off"})
-        return trainer.fit(method, transform)
+        with run_directory_lock(Path(args.out), runtime.is_main):
+            resume = read_resume(name, args)
+            notes: list[str] = []
+            base, train_set, val_set = build_datasets(args, notes)
+            monitor = build_monitor(args, base, runtime, notes)
+            trainer = Trainer(name, args, runtime, train_set, val_set, monitor)
+            trainer.notes += notes
+            method, transform = build(args, trainer.steps_per_epoch)
+            if getattr(args, "init", None) and resume[0] is None:  # a resumed run has its own weights
+                from common.pretrained import init_backbones
+
+                trainer.notes.append(init_backbones(method, args.init))
+            check_batch_norm(method, args.batch_size // runtime.world_size)
+            trainer.prepare(method, *resume)
+            del resume  # the loaded copy of the checkpoint is not needed during training
+            if runtime.is_main:
+                write_config(trainer.run_dir, args, {
+                    "method": name, "steps_per_epoch": trainer.steps_per_epoch, "world_size": runtime.world_size,
+                    "embed_dim": method.eval_backbone.embed_dim,  # the figures' 1/√d reference
+                    "train_images": len(train_set), "device": str(runtime.device),
+                    "amp": str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else "off"})
+            return trainer.fit(method, transform)
     except (DatasetError, CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save
+        raise SystemExit(128 + signal.SIGINT) from None
     finally:
         cleanup_runtime()
+
+
+def read_resume(name: str, args) -> tuple[Path | None, dict | None]:
+    """(path, checkpoint) that --resume asks for, read safely and checked (method, arch, resume
+    state), or (None, None) for a fresh start."""
+    if args.resume == "never":
+        return None, None
+    path = Path(args.out) / "checkpoint.pt" if args.resume == "auto" else Path(args.resume)
+    if args.resume == "auto" and not path.exists():
+        return None, None
+    if not path.exists():
+        raise SystemExit(f"error: --resume {args.resume} does not exist; pass a checkpoint.pt, 'auto' or 'never'")
+    return path, load_checkpoint(path, method=name, arch=args.arch, trust=args.trust_checkpoint, require=RESUME_KEYS)
+
+
+def check_batch_norm(method: nn.Module, per_process_batch: int) -> None:
+    """BatchNorm1d in training mode needs two samples per process: one has no batch variance."""
+    if per_process_batch < 2 and any(isinstance(m, nn.BatchNorm1d) for m in method.modules()):
+        raise SystemExit(f"error: --batch-size {per_process_batch} per process is too small for the BatchNorm "
+                         "layers of this method's head; use --batch-size 2 or more per process")
+
+
+@contextlib.contextmanager
+def run_directory_lock(run_dir: Path, enabled: bool = True):
+    """Hold an exclusive flock on <run_dir>/.lock while the run lives, so a second run on the same
+    --out is refused; the kernel drops the lock when its process dies, so a killed run never blocks
+    the next. Under the lock no save is in flight, so a killed save's temporary files can go."""
+    if not enabled:
+        yield
+        return
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / ".lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"error: another run is using {run_dir} (it holds {lock}); wait for it to finish "
+                             "or choose another --out") from None
+        remove_stale_temporaries(run_dir)
+        yield
+    except BaseException:
+        if created and [p.name for p in run_dir.iterdir()] == [lock.name]:  # refused: leave no trace
+            lock.unlink()
+            run_dir.rmdir()
+        raise
+    finally:
+        os.close(fd)
 

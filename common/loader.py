@@ -1,8 +1,9 @@
 """Data loading that can resume in the middle of an epoch and see exactly the same views.
 
-The sampler's order is a function of (seed, epoch), and every sample's augmentation is a
-function of (seed, epoch, index): no random state lives in the DataLoader workers, so the
-number of workers, a restart, or the position a run resumes from change nothing.
+The sampler's order is a function of (seed, epoch); the loader only decodes and resizes (nothing
+random), and the views of each batch are made on the training device from a generator seeded by
+(seed, epoch, batch, rank) (`view_generator`): no random state lives in the DataLoader workers,
+so the number of workers, a restart, or the position a run resumes from change nothing.
 """
 
 from __future__ import annotations
@@ -14,27 +15,31 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from common.runtime import seed_worker
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+def sample_seed(*keys: int) -> int:
+    """A 63-bit seed from a tuple of non-negative integers (numpy's SeedSequence mixing)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-class SeededTransform(Dataset):
-    """Wraps a registry dataset; `__getitem__((epoch, index))` → (transform(image), label)."""
+def view_generator(seed: int, epoch: int, batch: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator the views of one batch draw their random parameters from. `epoch` -1 is
+    the held-out (validation) pass, which sees the same views at every epoch."""
+    return torch.Generator().manual_seed(sample_seed(seed, epoch + 1, batch, rank))
 
-    def __init__(self, dataset, transform, seed: int):
-        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+class Loaded(Dataset):
+    """Wraps a registry dataset; `__getitem__((epoch, index))` → (load(image), label), where
+    `load` decodes and resizes (common.augment.LoadImage): nothing random happens here."""
+
+    def __init__(self, dataset, load):
+        self.dataset, self.load = dataset, load
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, key):
-        epoch, index = key
+        _, index = key
         image, label = self.dataset[index]
-        # fork_rng keeps the main process's RNG (dropout, drop-path) untouched when workers=0.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            views = self.transform(image)
-        return views, label
+        return self.load(image), label
 
 
 class ResumableSampler(Sampler):
@@ -85,13 +90,13 @@ class ResumableSampler(Sampler):
         return (self.batches_per_epoch - self.start_batch) * (self.global_batch // self.world_size)
 
 
-def build_loader(dataset, transform, batch_size: int, seed: int, workers: int, runtime,
+def build_loader(dataset, load, batch_size: int, seed: int, workers: int, runtime,
                  shuffle: bool = True) -> DataLoader:
-    """`batch_size` is the global batch; each process loads its share."""
+    """`batch_size` is the global batch; each process loads its share of uint8 images."""
     sampler = ResumableSampler(len(dataset), batch_size, seed, runtime.rank, runtime.world_size, shuffle)
     per_process = batch_size // runtime.world_size if shuffle else max(1, batch_size // runtime.world_size)
     return DataLoader(
-        SeededTransform(dataset, transform, seed), batch_size=per_process, sampler=sampler,
+        Loaded(dataset, load), batch_size=per_process, sampler=sampler,
         num_workers=workers, pin_memory=runtime.device.type == "cuda", drop_last=False,
         persistent_workers=workers > 0, worker_init_fn=seed_worker,
         prefetch_factor=4 if workers > 0 else None,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from common.options import OPTIMIZERS
+
 
 def param_groups(module: nn.Module) -> list[dict]:
     """Trainable parameters in two groups: weights with weight decay, and biases and
@@ -56,9 +58,6 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-OPTIMIZERS = ("adamw", "sgd", "lars")
-
-
 def build_optimizer(groups: list[dict], args) -> torch.optim.Optimizer:
     """The learning rate and weight decay set here are overwritten every step by the engine's
     schedules; a group's `lr_scale` and `apply_wd` are kept for that."""
@@ -66,8 +65,11 @@ def build_optimizer(groups: list[dict], args) -> torch.optim.Optimizer:
         g.setdefault("lr_scale", 1.0)
         g.setdefault("apply_wd", True)
         g["weight_decay"] = args.weight_decay if g["apply_wd"] else 0.0
+    betas = (0.9, getattr(args, "adam_beta2", 0.999))  # a method may expose β2 (colorization: paper 0.99)
     if args.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=args.lr)
+        return torch.optim.AdamW(groups, lr=args.lr, betas=betas)
+    if args.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=args.lr, betas=betas)
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
     if args.optimizer == "lars":

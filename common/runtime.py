@@ -104,9 +104,6 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 # --- the runtime ------------------------------------------------------------------------------
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-
-
 def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     """auto = bf16 where the GPU supports it, fp16 (with a GradScaler) on older GPUs, off on CPU."""
     if choice == "off":
@@ -180,15 +177,39 @@ def cleanup_runtime() -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every global generator's state as tensors and plain Python values, so that a checkpoint
+    holding it loads with torch.load(weights_only=True): numpy's MT19937 state as its key array
+    (a tensor) and ints, python's `random` state as a tuple of ints."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    if isinstance(np_state, dict):
+        np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                             np_state["has_gauss"], np_state["cached_gaussian"]))
+    else:  # the tuple of checkpoints written before ssl-lab stored plain types (--trust-checkpoint)
+        np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run the block without moving any global generator: evaluation inside training (validation,
+    the kNN monitor, figures) must leave the training run's random stream exactly where it was."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

@@ -1,5 +1,5 @@
 """DINO-Twins: DINO's self-distillation plus a Barlow Twins redundancy-reduction loss in one network
-(seed 001, ArthurZucker/DeepLearningProject, "Combining Self-Supervised Objective Functions in
+(ArthurZucker/DeepLearningProject, "Combining Self-Supervised Objective Functions in
 Computer Vision").
 
 One student/teacher pair, exactly DINO's (dino.model: backbone + DINO head, the teacher an EMA of
@@ -22,7 +22,7 @@ embeddings standardised by their own batch statistics, squared off-diagonal term
 standardised z_b with z_a's statistics and summed |C_ij| off the diagonal. The projector is Barlow
 Twins' (Linear–BatchNorm–ReLU), not the original's Linear–GELU without BatchNorm.
 
-Ablations (the seed's secondary claim, that the Barlow term makes some of DINO's hyper-parameters
+Ablations (that repository's secondary claim, that the Barlow term makes some of DINO's hyper-parameters
 unnecessary): `no_centering` fixes the center at 0, `no_sharpening` sets the teacher temperature to
 the student's, `bt_weight = 0` is pure DINO (no projector is built, so DDP sees no unused
 parameters) and `dino_weight = 0` is pure Barlow Twins on the same backbone, views and optimiser (no

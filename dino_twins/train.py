@@ -1,13 +1,15 @@
-"""Train DINO-Twins (seed 001, ArthurZucker/DeepLearningProject): DINO + a weighted Barlow Twins loss.
+"""Train DINO-Twins (ArthurZucker/DeepLearningProject): DINO + a weighted Barlow Twins loss.
 
-    python dino_twins/train.py --data cifar10 --arch resnet50                 # the seed's R50 run
+    python dino_twins/train.py --data cifar10 --arch resnet50                 # that repository's R50 run
     python dino_twins/train.py --data cifar10 --arch vit_tiny --patch-size 4 --batch-size 128   # ViT-T/4
 
 Every DINO option of dino/train.py is here; the defaults are the original repository's (DinoTwinConfig
-and its optimiser): CIFAR-10 at 32 px, 2 global crops (scale 0.5-1) + 3 local crops (0.05-0.5), a
+and its optimiser): CIFAR-10 at 32 px, 2 global crops (scale 0.5-1) + 3 local crops (0.05-0.5) resized to
+the global size (32 px, where DINO makes them 16 px), a
 2048-prototype head without weight-normalised last layer and without frozen epochs, teacher
 temperature 0.04 → 0.07 over 10 epochs, student 0.1, center momentum 0.9, teacher momentum 0.9995 → 1,
-Adam lr 5e-4 × batch/256 with 10 warm-up epochs then a cosine down to 0.1 × that (5e-5 at batch 256),
+Adam lr 3e-4 × batch/256 (every commit of the original's results) with 10 warm-up epochs then a cosine down
+to 0.1 × that (3e-5 at batch 256),
 no weight decay, no gradient clipping, batch 256, 400 epochs; Barlow Twins term weight 0.0025, λ 0.005,
 projector 2048-2048-2048 over every pair of crops.
 Ablations: --no-centering, --no-sharpening, --bt-weight 0 (pure DINO), --dino-weight 0 (pure Barlow
@@ -20,22 +22,18 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python dino_twins/train.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
-from barlow_twins.model import parse_projector
-from common import engine
+from common.options import parse_cli
 from dino import train as dino_train
-from dino_twins.data import DINOTwinsViews
-from dino_twins.model import DINOTwins
 
 DESCRIPTION = "\n\n".join(__doc__.split("\n\n")[i] for i in (0, 2))  # what it is, and its defaults
 
 # Shared options as the original trained: Adam (AdamW with no decay) without clipping, 32 px images
-# (crops 32 / 16 px), ViT patch 4 (the seed's ViT-T/4). ResNet-18 stays the default backbone so
-# that a CPU run is possible; the seed's numbers are --arch resnet50 and vit_tiny. min_lr None =
+# (global and local crops both 32 px), ViT patch 4 (the original's ViT-T/4). ResNet-18 stays the default backbone so
+# that a CPU run is possible; the original's numbers are --arch resnet50 and vit_tiny. min_lr None =
 # 0.1 × the peak lr (the original's eta_min), resolved in build() once the batch size is known.
-DEFAULTS = dict(lr=5e-4, min_lr=None, epochs=400, warmup_epochs=10, optimizer="adamw", weight_decay=0.0,
+DEFAULTS = dict(lr=3e-4, min_lr=None, epochs=400, warmup_epochs=10, optimizer="adamw", weight_decay=0.0,
                 clip_grad=0.0, batch_size=256, drop_path=0.1, image_size=32, patch_size=4)
 
 # DINO's options as the original repository set them: value, and where it comes from.
@@ -50,6 +48,7 @@ ORIGINAL_DINO = {
     "global_crops_scale": ((0.5, 1.0), "(0.5, 1)"),
     "local_crops_number": (3, "n_crops 5 = 2 global + 3 local"),
     "local_crops_scale": ((0.05, 0.5), "(0.05, 0.5)"),
+    "local_crops_size": (None, "resized to the global size; unset here = --image-size"),  # resolved in build()
 }
 
 
@@ -108,6 +107,8 @@ def check_arguments(args) -> None:
         fail(f"--student-temp must be positive, got {args.student_temp}")
     if not 0.0 <= args.center_momentum <= 1.0:
         fail(f"--center-momentum must be in [0, 1], got {args.center_momentum}")
+    from barlow_twins.model import parse_projector
+
     try:
         parse_projector(args.bt_projector)
     except ValueError as e:
@@ -115,6 +116,11 @@ def check_arguments(args) -> None:
 
 
 def build(args, steps_per_epoch: int):
+    from dino_twins.data import DINOTwinsViews
+    from dino_twins.model import DINOTwins
+
+    if args.local_crops_size is None:  # the original resizes its local crops to the global size
+        args.local_crops_size = args.image_size
     check_arguments(args)
     if args.min_lr is None:
         args.min_lr = 0.1 * args.lr * args.batch_size / 256
@@ -122,7 +128,10 @@ def build(args, steps_per_epoch: int):
 
 
 def main(argv=None):
-    return engine.main("dino_twins", add_arguments, build, defaults=DEFAULTS, argv=argv, description=DESCRIPTION)
+    args = parse_cli("dino_twins", add_arguments, DEFAULTS, argv, DESCRIPTION)
+    from common import engine  # torch loads only now: --help and option errors never wait for it
+
+    return engine.train("dino_twins", args, build)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@
 # so Docker builds those layers once and shares them.
 FROM pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/opt/ssl-lab MPLBACKEND=Agg MPLCONFIGDIR=/tmp/mpl \
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg MPLCONFIGDIR=/tmp/mpl \
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1
 WORKDIR /opt/ssl-lab
 COPY requirements.lock ./
@@ -30,8 +30,6 @@ RUN useradd --create-home --uid 10001 --shell /bin/bash ssl \
 
 COPY common/ common/
 COPY eval/ eval/
-# common.backbones loads colorization.lab for the Lab-input encoder of colorization checkpoints.
-COPY colorization/__init__.py colorization/lab.py colorization/
 COPY dino/ dino/
 
 # Numeric, so that the host resolves it (docker run --user overrides it to write into a host folder).

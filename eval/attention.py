@@ -1,5 +1,5 @@
 """Self-attention of a ViT's CLS token in the last layer, per head and their maximum, overlaid on the
-images (DINO, Caron et al. 2021, figs. 1 and 3; seed 003, figs. 9-10), and the masks that keep 60 %
+images (DINO, Caron et al. 2021, figs. 1 and 3), and the masks that keep 60 %
 of each map's attention mass (DINO's visualize_attention.py `--threshold 0.6`).
 
 The image is resized so that its short side is `--image-size` and both sides are multiples of the
@@ -14,8 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python eval/attention.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
 import numpy as np
 import torch
@@ -95,7 +94,7 @@ def main(argv=None) -> dict:
         raise SystemExit("error: --mass must be in (0, 1]")
 
     device = resolve_device(args.device)
-    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device)
+    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
     require_vit(backbone, ckpt, "attention.py")
     image_size = args.image_size or cli.default_image_size(ckpt)
     out = cli.out_dir(args, args.checkpoint)
@@ -145,7 +144,9 @@ def _plot(rows, records, path, ckpt: dict, mass: float) -> str:
     plt = cli.pyplot()
     heads = rows[0][1].shape[0] - 1
     cols = heads + 2
-    fig, axes = plt.subplots(2 * len(rows), cols, figsize=(1.6 * cols, 3.3 * len(rows)), squeeze=False)
+    # constrained layout: no empty band under the title, room for the colour bar
+    fig, axes = plt.subplots(2 * len(rows), cols, figsize=(1.6 * cols + 0.8, 3.0 * len(rows) + 0.6),
+                             squeeze=False, layout="constrained")
     for r, ((image, maps, masks), rec) in enumerate(zip(rows, records)):
         rgb = denormalise(image)
         title = rec["class"] if rec["class"] is not None else f"#{rec['index']}"
@@ -155,16 +156,20 @@ def _plot(rows, records, path, ckpt: dict, mass: float) -> str:
             for h in range(heads + 1):
                 ax = axes[row, h + 1]
                 name = f"head {h + 1}" if h < heads else "max"
-                if kind == "attention":  # the map as a heat overlay
+                if kind == "attention":  # the map, scaled to its own maximum, as a heat overlay
                     ax.imshow(rgb)
-                    ax.imshow(maps[h].numpy(), cmap="inferno", alpha=0.7)
+                    heat = ax.imshow((maps[h] / maps[h].max().clamp(min=1e-12)).numpy(), cmap="inferno",
+                                     alpha=0.7, vmin=0, vmax=1)
                     ax.set_title(name, fontsize=8)
                 else:  # what the mask keeps, the rest dimmed
                     ax.imshow(keep_overlay(rgb, masks[h].numpy()))
                     ax.set_title(f"{name}: {mass:.0%} mass", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle(f"CLS self-attention, last layer: {ckpt.get('method')} {ckpt.get('arch')}", fontsize=10)
+    fig.colorbar(heat, ax=axes[0::2, :].ravel().tolist(), shrink=0.8, label="attention / its maximum")
+    fig.suptitle(f"CLS self-attention, last layer: {ckpt.get('method')} {ckpt.get('arch')}\n"
+                 f"mask rows: bright = kept (the patches holding {mass:.0%} of the attention), dimmed = dropped",
+                 fontsize=9)
     return cli.save_figure(fig, path)
 
 

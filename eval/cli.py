@@ -17,32 +17,76 @@ from pathlib import Path
 import torch
 
 
+class EvalParser(argparse.ArgumentParser):
+    """Checks the options every script shares as soon as they are parsed, before anything is
+    loaded or written: one-line errors."""
+
+    def parse_args(self, args=None, namespace=None):
+        from common.options import data_root_problem, output_problem
+
+        parsed = super().parse_args(args, namespace)
+        problems = [data_root_problem(parsed.data_root),
+                    output_problem(parsed.out) if parsed.out else None,
+                    output_problem(parsed.cache_dir, "--cache-dir") if parsed.cache_dir else None]
+        if parsed.seed < 0:
+            problems.append(f"--seed must be >= 0, got {parsed.seed}")
+        if getattr(parsed, "lr", None) is not None and parsed.lr <= 0:  # None: the script picks its default
+            problems.append(f"--lr must be > 0, got {parsed.lr}; pass a positive learning rate")
+        problems = [p for p in problems if p]
+        if problems:
+            raise SystemExit(f"error: {'; '.join(problems)}")
+        return parsed
+
+
 def base_parser(description: str, multi_checkpoint: bool = False) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from common.options import TRUST_HELP, HelpFormatter
+
+    p = EvalParser(description=description, formatter_class=HelpFormatter)
+    p._optionals.title = "this evaluation's options"  # the script's own, after the shared groups below
+    c = p.add_argument_group("checkpoint and data")
+    released = ("; also released weights: an official DINO file (backbone or training checkpoint, whose teacher "
+                "is taken), a torchvision ResNet state dict, or a name (dino_vits16, dino_vits8, dino_vitb16, "
+                "dino_vitb8, dino_resnet50) downloaded once from the official URL")
     if multi_checkpoint:
-        p.add_argument("--checkpoint", required=True, nargs="+", metavar="PATH",
-                       help="one or more checkpoints in the ssl-lab format (e.g. a run's snapshots/*.pt)")
+        c.add_argument("--checkpoint", required=True, nargs="+", metavar="PATH", type=checkpoint_argument,
+                       help="one or more checkpoints in the ssl-lab format (e.g. a run's snapshots/*.pt)" + released)
     else:
-        p.add_argument("--checkpoint", required=True, metavar="PATH",
-                       help="checkpoint.pt of any method's run (or a snapshot)")
-    p.add_argument("--data", default="shapes", help="dataset registry name or path")
-    p.add_argument("--data-root", default=None, help="dataset root (default: $SSL_DATA or ./data)")
-    p.add_argument("--out", default=None,
+        c.add_argument("--checkpoint", required=True, metavar="PATH", type=checkpoint_argument,
+                       help="checkpoint.pt of any method's run (or a snapshot)" + released)
+    c.add_argument("--data", default="shapes", help="dataset registry name or path")
+    c.add_argument("--data-root", default=None, help="dataset root (default: $SSL_DATA or ./data)")
+    r = p.add_argument_group("run")
+    r.add_argument("--out", default=None,
                    help="output folder for JSON and PNG (default: <checkpoint folder>/eval)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--image-size", type=int, default=None,
+    r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="where to run: auto = a CUDA GPU if visible, else Apple MPS, else the CPU")
+    c.add_argument("--image-size", type=int, default=None,
                    help="input size (default: the checkpoint's training image size)")
-    p.add_argument("--batch-size", type=int, default=256, help="batch size for feature extraction")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-train", type=int, default=None,
+    r.add_argument("--batch-size", type=int, default=256, help="batch size for feature extraction")
+    r.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0 = the main process)")
+    r.add_argument("--seed", type=int, default=0,
+                   help="seed of the evaluation's randomness (subsets, heads, t-SNE) and of torch")
+    c.add_argument("--max-train", type=int, default=None,
                    help="use at most N train images (evenly spaced over the split; smoke runs)")
-    p.add_argument("--max-test", type=int, default=None,
+    c.add_argument("--max-test", type=int, default=None,
                    help="use at most N test images (evenly spaced over the split; smoke runs)")
-    p.add_argument("--cache-dir", default=None,
+    r.add_argument("--cache-dir", default=None,
                    help="feature cache folder (default: <out>/features)")
+    c.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     return p
+
+
+def checkpoint_argument(value: str) -> str:
+    """--checkpoint: a path, or the name of released weights → the path of their downloaded file
+    (so that the feature cache and the output folder see a file)."""
+    from common.pretrained import RELEASED, PretrainedError, fetch
+
+    if value not in RELEASED:
+        return value
+    try:
+        return str(fetch(value))
+    except PretrainedError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def check_positive(args, *names: str) -> None:
@@ -52,12 +96,12 @@ def check_positive(args, *names: str) -> None:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")
 
 
-def open_checkpoint(path, device: torch.device):
-    """(backbone in eval mode, checkpoint) or a one-line SystemExit."""
+def open_checkpoint(path, device: torch.device, trust: bool = False):
+    """(backbone in eval mode, checkpoint) or a one-line SystemExit; `trust` is --trust-checkpoint."""
     from common.checkpoint import CheckpointError, load_backbone
 
     try:
-        return load_backbone(path, device)
+        return load_backbone(path, device, trust=trust)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
@@ -92,8 +136,13 @@ def default_image_size(ckpt: dict) -> int:
 
 
 def out_dir(args, checkpoint) -> Path:
+    from common.options import output_problem
+
     first = checkpoint[0] if isinstance(checkpoint, (list, tuple)) else checkpoint
     out = Path(args.out) if args.out else Path(first).resolve().parent / "eval"
+    problem = output_problem(out)
+    if problem:
+        raise SystemExit(f"error: {problem}")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -106,7 +155,8 @@ def checkpoint_info(path, ckpt: dict) -> dict:
     """What the JSON says about the network it judged."""
     return {"checkpoint": str(path), "method": ckpt.get("method"), "arch": ckpt.get("arch"),
             "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
-            "backbone_kwargs": ckpt.get("backbone_kwargs")}
+            "backbone_kwargs": ckpt.get("backbone_kwargs"),
+            **({"loaded": ckpt["source"]} if ckpt.get("source") else {})}  # released weights: what was taken
 
 
 def data_info(args, image_size: int) -> dict:

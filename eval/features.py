@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from common.augment import as_input
 from common.checkpoint import atomic_save
 
 
@@ -52,7 +53,7 @@ def extract_features(backbone, dataset, indices, transform, batch_size=256, work
     feats, labels = [], []
     try:
         for images, targets in loader:
-            feats.append(backbone(images.to(device, non_blocking=True)).float().cpu())
+            feats.append(backbone(as_input(images.to(device, non_blocking=True))).float().cpu())
             labels.append(torch.as_tensor(targets, dtype=torch.long))
     finally:
         backbone.train(was_training)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python eval/knn.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +110,7 @@ class KNNMonitor:
             raise ValueError("KNNMonitor needs labelled bank and query images")
         top1, top5 = knn_accuracy(bank, bank_labels, query, query_labels, self.k, self.T,
                                   _num_classes(self.bank_set, bank_labels, query_labels))
-        return {"knn_top1": top1, "knn_top5": top5}
+        return {"knn_top1": top1, "knn_top5": top5, "knn_queries": int(query.shape[0])}  # figures state it
 
 
 def main(argv=None) -> dict:
@@ -128,7 +127,7 @@ def main(argv=None) -> dict:
         raise SystemExit("error: --k must be >= 1 and --temperature > 0")
 
     device = resolve_device(args.device)
-    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device)
+    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
     image_size = args.image_size or cli.default_image_size(ckpt)
     out = cli.out_dir(args, args.checkpoint)
     train_set = cli.open_dataset(args.data, args.data_root, args.train_split, need_labels=True)

@@ -4,7 +4,8 @@ For each method and seed: train → kNN (k = 20 headline) → linear probe on 10
 → fine-tuning on 20 % → t-SNE of the run's snapshots (initialisation, epoch 1, middle, last) →
 retrieval grid → for ViT backbones attention maps and the Jaccard index of their masks. Per backbone
 and seed the baselines: kNN and linear probe of the randomly initialised network, and the same
-network trained supervised from scratch on the same 20 % of the labels (seed 003's comparison).
+network trained supervised from scratch on the same 20 % of the labels (as DINO on Imagenette with
+20 % labels against supervised from scratch).
 
 A step is one command (printed, logged and recorded exactly as it would be typed). It is skipped
 when its marker `<out>/step.json` says it succeeded with the same command after the steps it needs,
@@ -38,6 +39,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("dino", "byol", "barlow_twins", "dino_twins", "jigsaw", "colorization")
 PROFILES = ("smoke", "cpu", "gpu")
@@ -55,12 +58,14 @@ PROFILES = ("smoke", "cpu", "gpu")
 #        (125 steps), the benchmark recipes' short-run settings (SGD + momentum for BYOL and Barlow
 #        Twins, EMA momentum 0.99, small heads). Jigsaw and Colorization need more pixels (tiles of a
 #        2x2 grid; ab maps at 1/4 resolution) and train at 32 px for 3 epochs. DINO and DINO-Twins use
-#        ViT-Tiny/4 (seed 001's ViT-T/4) so that attention maps and Jaccard exist. Budgets this small
+#        ViT-Tiny/4 (ArthurZucker/DeepLearningProject's ViT-T/4) so that attention maps and Jaccard exist.
+#        Budgets this small
 #        show the pipeline and its figures, not converged numbers (docs/report-cpu/REPORT.md has the
 #        wall time and results of a full run).
-# gpu:   the seeds' comparison on a real dataset (seed 001's CIFAR-10 table: Barlow Twins and
-#        DINO-Twins with ResNet-50, DINO-Twins' ViT-T/4 for DINO; seed 002/003's BYOL recipe; seed
-#        004's pretext tasks at 64 px), 200 epochs, the paper batch sizes, one GPU, bf16.
+# gpu:   the reference comparisons on a real dataset (the DINO-Twins CIFAR-10 table: Barlow Twins and
+#        DINO-Twins with ResNet-50, DINO-Twins' ViT-T/4 for DINO; sthalles/PyTorch-BYOL's STL-10 recipe; the
+#        pretext tasks of "Self-supervised learning in the 'wild'" at 64 px), 200 epochs, the paper batch
+#        sizes, one GPU, bf16.
 DATA = {  # profile: (training and evaluation data, data with segmentation masks for Jaccard)
     "smoke": ("shapes", "shapes"),
     "cpu": ("shapes", "shapes"),
@@ -559,6 +564,11 @@ def parse_extra(values: list[str]) -> list[tuple[str | None, str, str]]:
         if not sep or kind not in kinds or (method and method not in (*METHODS, "baselines")):
             raise SystemExit(f"error: --extra {v!r} must look like [METHOD.]STEP=OPTIONS with STEP one of "
                              f"{', '.join(kinds)} (e.g. dino.train='--out-dim 1024')")
+        try:
+            shlex.split(options)
+        except ValueError as e:  # e.g. an unterminated quote
+            raise SystemExit(f"error: --extra {v!r} does not split into options ({e}); "
+                             "balance its quotes, e.g. --extra \"dino.train=--out-dim 1024\"") from None
         out.append((method or None, kind, options))
     return out
 
@@ -571,8 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "interruption.",
         epilog="profiles (tables in eval/pipeline.py):\n"
                "  smoke  whole pipeline in minutes on CPU (tests): 16 px, 64 images, 1 epoch\n"
-               "  cpu    meaningful numbers on `shapes` on a 2-core CPU, well under an hour\n"
-               "  gpu    the seeds' settings on CIFAR-10 (ResNet-50 / ViT-T/4, 200 epochs), one GPU\n"
+               "  cpu    every protocol and figure on `shapes` on a 2-core CPU (docs/report-cpu: 40 minutes)\n"
+               "  gpu    the reference settings on CIFAR-10 (ResNet-50 / ViT-T/4, 200 epochs), one GPU\n"
                "exit code: 0 all steps succeeded, 1 a step failed / was blocked / is missing, 130 interrupted")
     p.add_argument("--profile", choices=PROFILES, default=None, help="default: gpu with a GPU, cpu without")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
@@ -626,6 +636,12 @@ def parse_args(argv=None):
     if cfg.launcher == "fork" and not hasattr(os, "fork"):
         raise SystemExit("error: --launcher fork needs a platform with fork(); use --launcher subprocess")
     cfg.runs, cfg.out = _from_root(cfg.runs), _from_root(cfg.out)
+    from common.options import output_problem
+
+    for option, folder in (("--runs", cfg.runs), ("--out", cfg.out)):
+        problem = output_problem(folder, option)
+        if problem:
+            raise SystemExit(f"error: {problem}")
     for name in ("data", "eval_data", "mask_data"):  # a path (not a registry name) is read from the root
         if getattr(cfg, name) and Path(getattr(cfg, name)).exists():
             setattr(cfg, name, str(_from_root(getattr(cfg, name))))

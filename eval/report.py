@@ -21,8 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python eval/report.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
 METHOD_ORDER = ("dino", "byol", "barlow_twins", "dino_twins", "jigsaw", "colorization")
 TITLES = {"dino": "DINO", "byol": "BYOL", "barlow_twins": "Barlow Twins", "dino_twins": "DINO-Twins",
@@ -173,13 +172,18 @@ class Report:
         return ", ".join(f"{v} {k}" for k, v in counts.items())
 
     def results(self):
+        knn = [j for s in self.steps if s["kind"] == "knn" and (j := self.result(s))]
+        sizes = sorted({(j.get("n_test"), j.get("n_train")) for j in knn if j.get("n_test")})
+        counts = "; ".join(f"{q} test queries against {b} train images" for q, b in sizes)
         self.add("## Results", "",
                  "Top-1 accuracy (%) on the test split of the evaluation data; Jaccard index (%) of the 60 % "
                  "attention-mass masks (DINO protocol: best head per object). Mean ± sample standard deviation "
-                 "over seeds when several ran. kNN: k = 20, T = 0.07, cosine on L2-normalised features. Linear: "
+                 f"over seeds when several ran. kNN: k = 20, T = 0.07, cosine on L2-normalised features"
+                 f"{' (' + counts + ')' if counts else ''}. Linear: "
                  "probe on frozen features with 10 % / 100 % of the labels (per class). Fine-tune: whole backbone "
                  "+ linear head on 20 % of the labels; *supervised from scratch*: the same backbone, random "
-                 "initialisation, same 20 % and schedule (seed 003's comparison). Baseline rows: the randomly "
+                 "initialisation, same 20 % and schedule (DINO on Imagenette with 20 % labels against supervised "
+                 "from scratch, as in 'A Deep Dive into the DINO Algorithm'). Baseline rows: the randomly "
                  "initialised network of each backbone (the first run's epoch-0 snapshot) and supervised training. "
                  "`—`: does not apply (e.g. Jaccard needs a ViT); *failed* / *blocked* / *missing*: see Not run.",
                  "")
@@ -223,8 +227,10 @@ class Report:
         path = self._results_figure(table)
         if path:
             self.add(f"![results]({_rel(path, self.out)})", "",
-                     "*Figure: the table as bars (mean over seeds); fine-tuning from each method's backbone "
-                     "versus the same backbone trained from scratch on the same 20 % of the labels.*")
+                     "*Figure: the table as bars (mean over seeds; error bars: the std over seeds where several "
+                     "ran); the grey band is chance ± 2 binomial standard errors, the noise of a classifier with "
+                     "no signal. Fine-tuning from each method's backbone versus the same backbone trained from "
+                     "scratch on the same 20 % of the labels.*")
 
     def _results_figure(self, table: dict) -> Path | None:
         plt = _pyplot()
@@ -235,14 +241,21 @@ class Report:
         fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(rows) + 4), 4))
         width = 0.8 / len(names)
         for i, name in enumerate(names):
-            heights = [mean_std(v)[0] if (v := [x for x in table[r].get(name, []) if x is not None]) else 0
-                       for r in rows]
-            ax.bar([k + i * width for k in range(len(rows))], heights, width, label=name)
+            stats = [mean_std(v) if (v := [x for x in table[r].get(name, []) if x is not None]) else (0, None)
+                     for r in rows]
+            ax.bar([k + i * width for k in range(len(rows))], [m for m, _ in stats], width, label=name,
+                   yerr=[sd or 0 for _, sd in stats], capsize=2, error_kw={"lw": 0.8})
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(rows))],
                       [TITLES.get(r, r) for r in rows], rotation=20, ha="right")
         classes = [j.get("num_classes") for s in self.steps if s["kind"] == "knn" and (j := self.result(s))]
+        n_test = [j["n_test"] for s in self.steps if s["kind"] == "knn" and (j := self.result(s)) and j.get("n_test")]
         if classes and classes[0]:
-            ax.axhline(100 / classes[0], color="k", ls="--", lw=0.8, label=f"chance ({classes[0]} classes)")
+            chance = 100 / classes[0]
+            ax.axhline(chance, color="k", ls="--", lw=0.8, label=f"chance ({classes[0]} classes)")
+            if n_test:  # where a classifier with no signal lands 95 % of the time on this many test images
+                se = 100 * math.sqrt(chance / 100 * (1 - chance / 100) / min(n_test))
+                ax.axhspan(chance - 2 * se, chance + 2 * se, color="k", alpha=0.1,
+                           label=f"chance ± 2 s.e. ({min(n_test)} test images)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"Results on {self.m['eval_data']} ({self.m['profile']} profile)")
         ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
@@ -258,6 +271,7 @@ class Report:
         plt = _pyplot()
         fig, (ax_loss, ax_knn) = plt.subplots(1, 2, figsize=(12, 4.2))
         any_loss = any_knn = False
+        queries = set()
         for c, method in enumerate(self.methods()):
             for n, seed in enumerate(self.m["seeds"]):
                 rows = self._series(method, seed)
@@ -269,6 +283,7 @@ class Report:
                                  color=f"C{c}", lw=1.4 if n == 0 else 0.7, label=label)
                     any_loss = True
                 knn = [r for r in rows if "knn_top1" in r and "loss" not in r]
+                queries |= {r["knn_queries"] for r in knn if "knn_queries" in r}
                 if knn:
                     ax_knn.plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], "o-", color=f"C{c}",
                                 lw=1.4 if n == 0 else 0.7, ms=3, label=label)
@@ -276,10 +291,12 @@ class Report:
         ax_loss.set(xlabel="epoch", ylabel="training loss / loss at the first logged step",
                     title="Training loss of every method (relative: each loss has its own scale)")
         lows, highs = ax_loss.get_ylim()
-        if any_loss and lows > 0 and highs / lows > 20:
+        log_scale = any_loss and lows > 0 and highs / lows > 20  # linear unless the losses span 20×
+        if log_scale:
             ax_loss.set_yscale("log")
+        n_queries = "/".join(map(str, sorted(queries))) + " test queries, " if queries else ""
         ax_knn.set(xlabel="epoch", ylabel="kNN top-1 (%)", title=f"kNN monitor on {self.m['eval_data']} "
-                   "(k = 20, T = 0.07)")
+                   f"({n_queries}k = 20, T = 0.07)")
         for ax, present in ((ax_loss, any_loss), (ax_knn, any_knn)):
             ax.grid(alpha=0.3)
             if present:
@@ -288,46 +305,63 @@ class Report:
                 ax.text(0.5, 0.5, "nothing logged", ha="center", transform=ax.transAxes)
         path = _save(fig, self.fig_dir / "curves.png")
         self.add(f"![training curves]({_rel(path, self.out)})", "",
-                 "*Left: each method's training loss divided by its first logged value (log scale), so that "
-                 "losses of different scales share one axis; thin lines are further seeds. Right: the engine's "
-                 "kNN monitor after every epoch.* Each run's own loss (with validation loss) and kNN curves are "
+                 "*Left: each method's training loss divided by its first logged value"
+                 + (" (log scale)" if log_scale else "") + ", so that losses of different scales share one axis; "
+                 "thin lines are further seeds. Right: the engine's kNN monitor after every epoch"
+                 + (f" on {n_queries.rstrip(', ')} (the table's kNN uses the counts under Results)"
+                    if queries else "") + ".* Each run's own loss (with validation loss) and kNN curves are "
                  "in [Runs](#runs).")
 
     def collapse(self):
+        from common.figures import diagnostic_dim, draw_reference, reference, run_config, title_and_label
+
         self.add("## Collapse diagnostics", "")
-        keys: dict[str, list[str]] = {}
-        data = {}
+        seed = self.m["seeds"][0]
+        # One panel per diagnostic and vector size d: stds of 256-d and 8192-d embeddings do not share
+        # an axis (their healthy values, 1/√d, differ 5.7×).
+        panels: dict[tuple[str, int | None], list[str]] = {}
+        data, configs = {}, {}
         for method in self.methods():
-            rows = [r for r in self._series(method, self.m["seeds"][0]) if "loss" in r]
+            run = self.run_dir(method, seed)
+            configs[method] = run_config(run) if run else {}
+            rows = [r for r in self._series(method, seed) if "loss" in r]
             data[method] = rows
             for k in sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))}):
                 if COLLAPSE.search(k):
-                    keys.setdefault(k, []).append(method)
-        if not keys:
+                    panels.setdefault((k, diagnostic_dim(k, configs[method])), []).append(method)
+        if not panels:
             self.add("No run logged collapse diagnostics (see Not run).")
             return
         plt = _pyplot()
-        cols = min(3, len(keys))
-        nrows = math.ceil(len(keys) / cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.3 * nrows), squeeze=False)
-        for ax, (key, methods) in zip(axes.flat, keys.items()):
+        cols = min(3, len(panels))
+        nrows = math.ceil(len(panels) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.8 * cols, 3.5 * nrows), squeeze=False)
+        for ax, ((key, dim), methods) in zip(axes.flat, sorted(panels.items(), key=lambda kv: str(kv[0]))):
+            drawn = set()
             for method in methods:
+                colour = f"C{self.methods().index(method)}"
                 rows = [r for r in data[method] if isinstance(r.get(key), (int, float)) and "epoch" in r]
-                ax.plot([r["epoch"] for r in rows], [r[key] for r in rows],
-                        color=f"C{self.methods().index(method)}", label=TITLES[method])
-            ax.set(title=key, xlabel="epoch")
+                ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], color=colour, label=TITLES[method])
+                ref = reference(key, configs[method])
+                if ref is not None and ref[1] not in drawn:  # one line per distinct reference (e.g. ln K)
+                    draw_reference(ax, ref, colour if key == "teacher_entropy" else "k")
+                    drawn.add(ref[1])
+            title, ylabel = title_and_label(key)
+            ax.set(title=title + (f", d = {dim}" if dim else ""), xlabel="epoch", ylabel=ylabel)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        for ax in list(axes.flat)[len(keys):]:
+        for ax in list(axes.flat)[len(panels):]:
             ax.axis("off")
-        fig.suptitle(f"Collapse diagnostics (seed {self.m['seeds'][0]})")
+        fig.suptitle(f"Collapse diagnostics (seed {seed}); dashed: the reference value")
+        fig.tight_layout()
         path = _save(fig, self.fig_dir / "collapse.png")
         self.add(f"![collapse diagnostics]({_rel(path, self.out)})", "",
-                 "*`feature_std` / `z_std`: standard deviation of L2-normalised features or embeddings per "
-                 "dimension (≈ 1/√d when healthy, 0 when collapsed); `teacher_entropy` and `kl` (DINO): entropy "
-                 "of the teacher's output and KL(teacher ‖ student), the two curves of DINO's collapse study — "
-                 "KL → 0 means collapse; `c_on_diag` → 1 and `c_off_diag` → 0 (Barlow Twins): the "
-                 "cross-correlation approaches the identity.*")
+                 "*Feature and embedding std: per-dimension standard deviation of L2-normalised vectors, "
+                 "against 1/√d (the value of vectors spread over the sphere; 0 = collapsed to a point), one panel "
+                 "per size d. DINO's teacher entropy against ln K (uniform over the K prototypes, one of the two "
+                 "collapses; 0 is the other, one-hot) and KL(teacher ‖ student) against 0 (collapse), the two "
+                 "curves of DINO's collapse study. Barlow Twins' cross-correlation C against the identity: "
+                 "mean diagonal → 1, mean |off-diagonal| → 0.*")
 
     def _eval_figures(self, title: str, kind: str, caption):
         self.add(f"## {title}", "")
@@ -389,7 +423,7 @@ class Report:
     def _attention_caption(j):
         return (f"*Last-layer CLS self-attention of each of the {j.get('num_heads')} heads and their maximum, "
                 f"overlaid on test images, with the masks that keep {j.get('protocol', {}).get('mass', 0.6):.0%} "
-                "of the attention mass (seed 003, figures 9–10).*")
+                "of the attention mass (as DINO, Caron et al. 2021, figs. 1 and 3).*")
 
     @staticmethod
     def _jaccard_caption(j):

@@ -1,4 +1,4 @@
-"""Nearest-neighbour retrieval (seed 000's table "Query image, Image 1 … Image 5"): for query images
+"""Nearest-neighbour retrieval (the "query image, image 1 … image 5" table of DINO lab reports): for query images
 of the test split, the 5 most similar images of the train split (the bank) by cosine similarity of
 the backbone features, shown as an image grid with the neighbours' labels and similarities.
 
@@ -13,8 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python eval/retrieval.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
 import numpy as np
 import torch
@@ -45,12 +44,12 @@ def precision_at(neighbour_labels: torch.Tensor, query_labels: torch.Tensor) -> 
 def main(argv=None) -> dict:
     p = cli.base_parser("Query images and their 5 nearest neighbours in the train split (cosine).")
     p.add_argument("--num-queries", type=int, default=6, help="queries shown (evenly spaced over the test split)")
-    p.add_argument("--neighbours", type=int, default=5, help="neighbours per query (seed 000: 5)")
+    p.add_argument("--neighbours", type=int, default=5, help="neighbours per query")
     args = p.parse_args(argv)
     cli.check_positive(args, "batch_size", "max_train", "max_test", "image_size", "num_queries", "neighbours")
 
     device = resolve_device(args.device)
-    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device)
+    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
     image_size = args.image_size or cli.default_image_size(ckpt)
     out = cli.out_dir(args, args.checkpoint)
     bank_set = cli.open_dataset(args.data, args.data_root, "train")
@@ -100,6 +99,10 @@ def main(argv=None) -> dict:
     }, out, "retrieval")
 
 
+# Okabe & Ito's colour-blind-safe pair, with a mark, so that the grid also reads in grey.
+SAME, OTHER = ("#0072B2", "\u2713"), ("#D55E00", "\u2717")
+
+
 def _plot(queries, query_set, bank_set, path, ckpt: dict) -> str:
     plt = cli.pyplot()
     # nearest: the pixels as they are; smoothed upsampling of 30 small images made a 1.6 MB PNG
@@ -107,15 +110,21 @@ def _plot(queries, query_set, bank_set, path, ckpt: dict) -> str:
     fig, axes = plt.subplots(len(queries), cols, figsize=(1.7 * cols, 1.9 * len(queries)), squeeze=False)
     for r, q in enumerate(queries):
         axes[r, 0].imshow(np.asarray(query_set[q["query_index"]][0]), interpolation="nearest")
-        axes[r, 0].set_title(f"query\n{q['query_class'] or q['query_label']}", fontsize=8, color="blue")
+        axes[r, 0].set_title(f"query\n{q['query_class'] or q['query_label']}", fontsize=8, fontweight="bold")
         for c, (j, y, cls, s) in enumerate(zip(q["neighbour_indices"], q["neighbour_labels"],
                                                q["neighbour_classes"], q["similarities"]), start=1):
             axes[r, c].imshow(np.asarray(bank_set[j][0]), interpolation="nearest")
-            colour = "green" if y == q["query_label"] and y >= 0 else "red" if q["query_label"] >= 0 else "black"
-            axes[r, c].set_title(f"{cls or y}\nsim {s:.3f}", fontsize=8, color=colour)
+            colour, mark = (SAME if y == q["query_label"] else OTHER) if q["query_label"] >= 0 else ("black", "")
+            axes[r, c].set_title(f"{mark} {cls or y}\nsim {s:.3f}", fontsize=8, color=colour)
+            for spine in axes[r, c].spines.values():  # a frame in the same colour
+                spine.set(color=colour, linewidth=2.5)
     for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(f"{cols - 1} nearest neighbours (cosine): {ckpt.get('method')} {ckpt.get('arch')}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[:, 0]:
+        ax.set_frame_on(False)
+    fig.suptitle(f"{cols - 1} nearest neighbours (cosine): {ckpt.get('method')} {ckpt.get('arch')}\n"
+                 f"{SAME[1]} blue frame: same class as the query; {OTHER[1]} orange frame: another class", fontsize=10)
     fig.tight_layout()
     return cli.save_figure(fig, path)
 

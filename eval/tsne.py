@@ -1,6 +1,6 @@
 """t-SNE (van der Maaten & Hinton 2008, scikit-learn) of test-split features coloured by class, for
 one checkpoint or several side by side, e.g. a run's snapshots at initialisation, epoch 1, the
-middle and the last epoch (seed 000: "Epoch -1, 0, 5, 9").
+middle and the last epoch (the "epoch -1, 0, 5, 9" panels of a DINO-on-COCO lab report).
 
 Each panel embeds the same test images; the JSON adds the silhouette score of the classes in the
 feature space (cosine), a number that follows what the eye sees in the panels.
@@ -13,8 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python eval/tsne.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
 import numpy as np
 import torch.nn.functional as F
@@ -25,11 +24,15 @@ from common.runtime import resolve_device
 from eval import cli
 from eval.features import cached_features, subset_indices
 
+MIN_POINTS = 2  # t-SNE needs perplexity < n, and the perplexity floor below is 1
+
 
 def embed(feats: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> tuple[np.ndarray, float]:
     """2-D t-SNE of L2-normalised features (PCA initialisation); perplexity is lowered to
     (n - 1) / 3 for small sets, as t-SNE needs perplexity < n. Returns (n × 2, perplexity used)."""
     n = len(feats)
+    if n < MIN_POINTS:
+        raise ValueError(f"t-SNE needs at least {MIN_POINTS} points, got {n}")
     perplexity = float(min(perplexity, max(1.0, (n - 1) / 3)))
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
     return tsne.fit_transform(feats.astype(np.float32)), perplexity
@@ -65,7 +68,7 @@ def main(argv=None) -> dict:
 
     panels, records, image_size = [], [], None
     for n, path in enumerate(args.checkpoint):
-        backbone, ckpt = cli.open_checkpoint(path, device)
+        backbone, ckpt = cli.open_checkpoint(path, device, args.trust_checkpoint)
         size = args.image_size or cli.default_image_size(ckpt)
         image_size = image_size or size
         feats, labels, _ = cached_features(backbone, path, ds, args.data, args.data_root, args.split, size,
@@ -74,8 +77,12 @@ def main(argv=None) -> dict:
         keep = labels >= 0
         x = F.normalize(feats[keep], dim=1).numpy()
         y = labels[keep].numpy()
+        if len(y) < MIN_POINTS:
+            raise SystemExit(f"error: t-SNE needs at least {MIN_POINTS} labelled {args.split} images (perplexity "
+                             f"must stay below their number), got {len(y)}; raise --max-test")
         xy, perplexity = embed(x, args.perplexity, args.seed)
-        title = args.titles[n] if args.titles else f"{ckpt.get('method')} {ckpt.get('arch')}, epoch {ckpt.get('epoch')}"
+        when = "initialisation" if ckpt.get("epoch") == 0 else f"epoch {ckpt.get('epoch')}"
+        title = args.titles[n] if args.titles else f"{ckpt.get('method')} {ckpt.get('arch')}, {when}"
         panels.append((xy, y, title))
         records.append({**cli.checkpoint_info(path, ckpt), "title": title, "image_size": size,
                         "n_points": int(len(y)), "perplexity": perplexity,

@@ -6,19 +6,23 @@ puzzles of 18 px tiles, 1000 permutations, a CPU-sized batch and schedule. The p
 is, on a GPU and a real dataset such as places365:
 `--image-size 225 --batch-size 256 --optimizer sgd --lr 0.01 --weight-decay 5e-4 --tile-dim 1024
 --hidden-dim 4096 --epochs 90`.
-The set of permutations is generated once per (grid, count, seed) and cached under
-<data-root>/jigsaw (or ~/.cache/ssl-lab/jigsaw); its minimal and mean Hamming distances go to
-config.json, the log and metrics.jsonl.
+The set of permutations is chosen greedily for a large Hamming distance, by default maximising the
+minimal distance to the chosen set (max-min, this project's choice; `--perm-criterion max-mean`
+maximises the mean distance instead, as the reference code of Noroozi & Favaro does), generated once
+per (grid, count, seed, criterion) and cached under <data-root>/jigsaw (or ~/.cache/ssl-lab/jigsaw).
+`--permutations FILE` uses a published set instead (.npy, N × 9, 0- or 1-based). Its minimal and
+mean Hamming distances go to config.json, the log and metrics.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-from common import engine
-from common.runtime import is_main
-from jigsaw.data import JigsawViews, PermutationError, default_cache_dir, load_permutations, puzzle_geometry
-from jigsaw.model import Jigsaw
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
+
+from common.options import parse_cli
 
 # CPU-sized defaults on `shapes`; the paper's are in the module docstring.
 DEFAULTS = dict(arch="resnet18", image_size=64, batch_size=64, epochs=30, lr=2e-3, min_lr=1e-5, warmup_epochs=2,
@@ -30,8 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--grid", type=int, default=3, choices=(2, 3),
                    help="puzzle of grid x grid tiles (paper: 3, 9 tiles, 9! orderings; 2 has only 24)")
     g.add_argument("--num-permutations", type=int, default=1000,
-                   help="classes: permutations chosen greedily for maximal minimal Hamming distance (paper 1000; "
-                        "100 and 2000 are common; at most 24 with --grid 2)")
+                   help="classes: permutations chosen greedily for a large Hamming distance (paper 1000; 100 and "
+                        "2000 are common; at most 24 with --grid 2)")
+    g.add_argument("--perm-criterion", choices=("max-min", "max-mean"), default="max-min",
+                   help="greedy choice: the candidate with the largest minimal (max-min) or mean (max-mean, the "
+                        "reference code's) Hamming distance to the permutations chosen so far")
+    g.add_argument("--permutations", default=None, metavar="FILE",
+                   help="a published permutation set (.npy of N x grid² tile indices, 0- or 1-based) instead of "
+                        "generating one; --num-permutations is then N")
     g.add_argument("--perm-seed", type=int, default=0, help="seed of the permutation set's random first element")
     g.add_argument("--perm-cache", default=None,
                    help="folder caching permutation sets (default <data-root>/jigsaw, else ~/.cache/ssl-lab/jigsaw)")
@@ -54,17 +64,33 @@ def check_arguments(args) -> None:
         fail(f"--channel-jitter must be >= 0, got {args.channel_jitter}")
     if args.tile_dim < 1 or args.hidden_dim < 1:
         fail("--tile-dim and --hidden-dim must be at least 1")
-    if args.num_permutations < 2:
+    if args.num_permutations < 2 and args.permutations is None:
         fail(f"--num-permutations must be at least 2, got {args.num_permutations}")
 
 
 def build(args, steps_per_epoch: int):
+    from common.runtime import is_main
+    from jigsaw.data import (
+        JigsawViews,
+        PermutationError,
+        default_cache_dir,
+        load_permutations,
+        puzzle_geometry,
+        read_permutations,
+    )
+    from jigsaw.model import Jigsaw
+
     check_arguments(args)
     patch = args.patch_size if args.arch.startswith("vit") else 1
     try:
         geometry = puzzle_geometry(args.image_size, args.grid, patch)
-        cache = args.perm_cache or default_cache_dir(args.data_root)
-        permutations, hamming = load_permutations(args.num_permutations, args.grid, args.perm_seed, cache)
+        if args.permutations is not None:
+            permutations, hamming = read_permutations(args.permutations, args.grid)
+            args.num_permutations = len(permutations)
+        else:
+            cache = args.perm_cache or default_cache_dir(args.data_root)
+            permutations, hamming = load_permutations(args.num_permutations, args.grid, args.perm_seed, cache,
+                                                      args.perm_criterion)
     except PermutationError as e:
         raise SystemExit(f"error: {e}") from None
     # recorded in config.json (written after build) and in the first epoch's metrics
@@ -80,8 +106,11 @@ def build(args, steps_per_epoch: int):
 
 
 def main(argv=None):
-    return engine.main("jigsaw", add_arguments, build, defaults=DEFAULTS, argv=argv,
-                       description="Jigsaw puzzles as a pretext task (Noroozi & Favaro 2016)")
+    args = parse_cli("jigsaw", add_arguments, DEFAULTS, argv,
+                     "Jigsaw puzzles as a pretext task (Noroozi & Favaro 2016)")
+    from common import engine  # torch loads only now: --help and option errors never wait for it
+
+    return engine.train("jigsaw", args, build)
 
 
 if __name__ == "__main__":

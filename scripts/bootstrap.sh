@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (if absent) with the locked versions and the project installed in editable mode,
-# then exports PATH so that `python` is the venv's. Sourced by run_all.sh and run_tests.sh.
+# Creates .venv (if absent) with the locked versions of the dependencies, then exports PATH so
+# that `python` is the venv's. Sourced by run_all.sh and run_tests.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SSL_LAB_VENV:-$ROOT/.venv}"
@@ -19,6 +19,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[bootstrap] the lock file does not install on this platform; using the ranges in pyproject.toml" >&2
     "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" >&2
   fi
+  # The project runs in place (each script puts its checkout first on sys.path); this records its
+  # metadata and replaces an older install that put `common`, `eval`, ... into site-packages.
   "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT" >&2
   echo "$want" > "$stamp"
 fi

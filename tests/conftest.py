@@ -11,6 +11,9 @@ os.environ.setdefault("MALLOC_MMAP_MAX_", "0")
 os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "100000000000")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/toy_method.py
+# The repository root reaches this process through pytest's `pythonpath = ["."]` (pyproject.toml);
+# child processes (`python -c ...`, torchrun tests/toy_method.py) get it here, since nothing is installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(scope="session")

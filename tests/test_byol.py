@@ -216,7 +216,7 @@ def test_crop_scale_reaches_both_views_and_a_bad_range_fails_in_one_line():
 
 def test_recipe_is_documented_in_help_and_unknown_recipes_fail_in_one_line(capsys):
     help_text = byol_train.build_parser([]).format_help()
-    assert "stl10-sgd" in help_text and "seed 003" in help_text
+    assert "stl10-sgd" in help_text and "sthalles/PyTorch-BYOL" in help_text
     with pytest.raises(SystemExit, match="unknown --recipe 'nope'"):
         byol_train.defaults_for(["--recipe", "nope"])
 

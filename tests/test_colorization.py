@@ -14,6 +14,7 @@ from colorization.lab import (
     LightnessInput,
     ab_bins,
     annealed_mean,
+    gamut_grid,
     is_grayscale,
     lab_to_rgb,
     nearest_bin,
@@ -81,18 +82,38 @@ def test_out_of_gamut_lab_is_clipped_to_displayable_rgb():
 
 # --- the 313 bins ---------------------------------------------------------------------------------
 
-def test_313_in_gamut_bins():
+# richzhang/colorization resources/pts_in_hull.npy, the 313 published centres as (a, b) rows, in the
+# file's order (transcribed; its 20 runs of a are listed with their first and last b in lab.py).
+PUBLISHED_RUNS = [(-90, 50, 90), (-80, 20, 90), (-70, 0, 90), (-60, -20, 90), (-50, -30, 100), (-40, -40, 100),
+                  (-30, -50, 100), (-20, -50, 100), (-10, -60, 100), (0, -70, 100), (10, -80, 90), (20, -80, 90),
+                  (30, -90, 90), (40, -100, 90), (50, -100, 80), (60, -110, 80), (70, -110, 80), (80, -110, 70),
+                  (90, -110, 70), (100, -90, 0)]
+
+
+def test_the_published_313_bins_in_the_published_order():
     bins = ab_bins()
-    assert bins.shape == (313, 2)
-    assert (bins % 10 == 0).all() and bins.abs().max() <= 110
-    assert len(torch.unique(bins, dim=0)) == 313
+    published = [[float(a), float(b)] for a, lo, hi in PUBLISHED_RUNS for b in range(lo, hi + 1, 10)]
+    assert bins.dtype == torch.float32 and bins.shape == (313, 2) and len(published) == 313
+    for i, (ours, theirs) in enumerate(zip(bins.tolist(), published)):  # element by element
+        assert ours == theirs, f"bin {i}: {ours} != {theirs}"
+    assert published == sorted(published)  # sorted by a, then by b
+    assert bins[:, 0].min() == -90 and bins[:, 0].max() == 100 and bins[:, 1].min() == -110 and bins[:, 1].max() == 100
     assert [0.0, 0.0] in bins.tolist()  # grey
-    # the ab of pure sRGB colours are within half a grid step of a kept bin centre
+    # the ab of pure sRGB colours are within half a grid step of a bin centre
     primaries = rgb_to_lab(column((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1)))
     ab = primaries[:, 1:].squeeze(-1).squeeze(0).T.float()
     assert (torch.cdist(ab, bins).min(1).values <= 5 * math.sqrt(2)).all()
-    # an exact gamut test keeps fewer, a looser one more: 313 is where the tolerance sits
-    assert len(ab_bins(delta_e=1e-6)) < 313 < len(ab_bins(delta_e=20))
+
+
+def test_a_computed_gamut_misses_three_published_bins():
+    computed = gamut_grid(14.0)  # the sRGB gamut test this project used before the published set
+    assert len(computed) == 313
+    ours, published = set(map(tuple, computed.tolist())), set(map(tuple, ab_bins().tolist()))
+    assert published - ours == {(40.0, 90.0), (100.0, -90.0), (100.0, 0.0)}
+    assert ours - published == {(-60.0, 100.0), (80.0, 80.0), (110.0, -60.0)}
+    first_difference = next(i for i, (x, y) in enumerate(zip(computed.tolist(), ab_bins().tolist())) if x != y)
+    assert first_difference == 35  # every published per-bin array would be mis-indexed from here on
+    assert len(gamut_grid(1e-6)) < 313 < len(gamut_grid(20.0))
 
 
 # --- soft-encoding, prior, weights ----------------------------------------------------------------
@@ -236,3 +257,39 @@ def test_two_epochs_on_shapes_lower_the_loss(tmp_path, data_root):
     assert (out / "colorizations.png").stat().st_size > 0
     config = json.loads((out / "config.json").read_text())["args"]
     assert config["prior_images_used"] + config["prior_gray_images"] == 32
+
+
+def test_the_target_is_the_pixel_at_stride_4_and_the_grey_test_uses_it():
+    from colorization.data import target_ab
+
+    lab = torch.zeros(1, 3, 8, 8)
+    lab[:, 1, :, :2] = 60.0    # a red-ish left edge two pixels wide ...
+    lab[:, 1, :, 2:] = -40.0   # ... against a green-ish rest
+    ab = target_ab(lab)
+    # the reference's ab[:, :, ::4, ::4]: pixels (0, 0), (0, 4), (4, 0), (4, 4) of each channel
+    assert ab.shape == (1, 2, 2, 2) and ab[0, 0].tolist() == [[60.0, -40.0], [60.0, -40.0]]
+    assert 10.0 not in ab.flatten().tolist()  # a 4×4 average would give (2·60 + 2·(-40)) / 4 = 10: neither colour
+    # colour only off the sampled pixels: grey for the loss, as the reference tests the target
+    torch.manual_seed(0)
+    model = Colorization(colour_args(), torch.full((313,), 1 / 313))
+    rgb = torch.full((1, 3, 16, 16), 0.5)
+    rgb[:, 0, 1::4, 1::4] = 1.0  # red dots, none at a stride-4 sample
+    x = (rgb - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    out = model((x, torch.zeros(1)), 0)
+    assert not is_grayscale(rgb_to_lab(rgb)[:, 1:]).item() and out["colour_images"].item() == 0.0
+
+
+def test_the_papers_adam_solver_has_coupled_l2_decay_and_beta2():
+    from common.optim import build_optimizer
+
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    args = argparse.Namespace(optimizer="adam", lr=0.1, weight_decay=1e-3, adam_beta2=0.99, momentum=0.9,
+                              lars_eta=0.001)
+    opt = build_optimizer([{"params": [w]}], args)
+    assert isinstance(opt, torch.optim.Adam) and not isinstance(opt, torch.optim.AdamW)
+    assert opt.param_groups[0]["betas"] == (0.9, 0.99) and opt.param_groups[0]["weight_decay"] == 1e-3
+    w.grad = torch.zeros(1)  # no loss gradient: only the L2 term 1e-3·w drives Adam, a full lr-sized step
+    opt.step()
+    assert w.item() == pytest.approx(1.0 - 0.1, abs=1e-6)  # AdamW would move it by lr·wd = 1e-4 only
+    assert isinstance(build_optimizer([{"params": [w]}], argparse.Namespace(**{**vars(args), "optimizer": "adamw"})),
+                      torch.optim.AdamW)

@@ -358,3 +358,25 @@ def test_two_epochs_on_shapes_lower_the_loss_without_collapse(tmp_path, data_roo
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [
         "epoch0000.pt", "epoch0001.pt", "epoch0002.pt"]
     assert (tmp_path / "diagnostics.png").exists()  # the collapse curves: entropy, KL, feature std
+
+
+def test_resnet_arch_takes_the_official_resnet50_recipe_where_the_command_line_is_silent(capsys):
+    from common.options import parse_cli
+    from dino import train
+
+    def resolved(*argv):
+        args = parse_cli("dino", train.add_arguments, train.DEFAULTS, list(argv))
+        return args, train.apply_resnet_recipe(args, list(argv))
+
+    args, taken = resolved("--arch", "resnet50")
+    assert (args.optimizer, args.lr, args.weight_decay, args.weight_decay_end) == ("sgd", 0.03, 1e-4, 1e-4)
+    assert tuple(args.global_crops_scale) == (0.14, 1.0) and tuple(args.local_crops_scale) == (0.05, 0.14)
+    assert set(taken) == set(train.RESNET_RECIPE) and "official ResNet-50 recipe" in capsys.readouterr().out
+    # what the user sets stays; a user's weight decay is held constant, as the recipe's
+    args, taken = resolved("--arch", "resnet18", "--lr", "0.1", "--global-crops-scale", "0.3", "1",
+                           "--weight-decay", "5e-4")
+    assert (args.lr, tuple(args.global_crops_scale), args.optimizer) == (0.1, (0.3, 1.0), "sgd")
+    assert args.weight_decay == args.weight_decay_end == 5e-4 and "lr" not in taken
+    # a ViT keeps the ViT recipe (AdamW, weight decay 0.04 -> 0.4)
+    args, taken = resolved("--arch", "vit_small")
+    assert taken == {} and (args.optimizer, args.lr, args.weight_decay_end) == ("adamw", 5e-4, 0.4)

@@ -210,17 +210,28 @@ def test_defaults_are_the_original_repositorys_and_documented_in_help():
     assert (args.momentum_teacher, args.local_crops_number, args.norm_last_layer, args.freeze_last_layer) == (
         0.9995, 3, False, 0)
     assert tuple(args.global_crops_scale) == (0.5, 1.0) and tuple(args.local_crops_scale) == (0.05, 0.5)
-    assert (args.lr, args.batch_size, args.epochs, args.image_size, args.weight_decay) == (5e-4, 256, 400, 32, 0.0)
+    assert (args.lr, args.batch_size, args.epochs, args.image_size, args.weight_decay) == (3e-4, 256, 400, 32, 0.0)
     parser = base_parser("dino_twins", **dt_train.DEFAULTS)
     dt_train.add_arguments(parser)
     text = " ".join(parser.format_help().split())
     for phrase in ("DINO-Twins repository: 0.07", "bt_beta = 0.005 × 0.5 = 0.0025", "original: 0.005",
                    "every pair of the student's crops", "--no-centering", "--no-sharpening"):
         assert phrase in text, phrase
-    # min_lr: the original's cosine ends at 0.1 × the peak lr.
-    args = parse(*TINY, "--batch-size", "64")
+    # min_lr: the original's cosine ends at 0.1 × the peak lr; local crops at the global size
+    args = parse(*TINY, "--batch-size", "64", "--lr", "5e-4")
+    assert args.local_crops_size is None
     dt_train.build(args, 2)
     assert args.min_lr == pytest.approx(0.1 * 5e-4 * 64 / 256)
+    assert args.local_crops_size == args.image_size == 16
+    assert "lr × batch/256 (default: 0.0003)" in " ".join(dt_train_help().split())
+
+
+def dt_train_help() -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "dino_twins/train.py", "--help"], capture_output=True, text=True,
+                          check=True, cwd=Path(dt_train.__file__).resolve().parents[1]).stdout
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -302,13 +313,14 @@ def test_benchmark_trains_every_method_on_equal_terms(compare):
     shared = ("data", "data_root", "arch", "image_size", "batch_size", "epochs", "warmup_epochs", "seed", "eval_every")
     for key in shared:
         assert resolved["dino"][key] == resolved["barlow_twins"][key] == resolved["dino_twins"][key], key
-    # DINO trains with DINO-Twins' DINO options and optimiser, as seed 001 did.
-    for key in (*dt_train.ORIGINAL_DINO, "lr", "optimizer", "weight_decay", "weight_decay_end", "clip_grad",
-                "drop_path", "warmup_teacher_temp_epochs"):
+    # DINO trains with DINO-Twins' DINO options and optimiser, as the DINO-Twins comparison did.
+    # (local_crops_size: DINO-Twins resolves its unset value to --image-size at build time)
+    for key in (*(k for k in dt_train.ORIGINAL_DINO if k != "local_crops_size"), "lr", "optimizer", "weight_decay",
+                "weight_decay_end", "clip_grad", "drop_path", "warmup_teacher_temp_epochs"):
         same = [tuple(v) if isinstance(v, (list, tuple)) else v for v in (resolved["dino"][key],
                                                                            resolved["dino_twins"][key])]
         assert same[0] == same[1], key
-    assert resolved["dino"]["min_lr"] == pytest.approx(0.1 * 5e-4 * 64 / 256)
+    assert resolved["dino"]["min_lr"] == pytest.approx(0.1 * 3e-4 * 64 / 256)
     assert resolved["barlow_twins"]["projector"] == resolved["dino_twins"]["bt_projector"] == "2048-2048-2048"
     assert resolved["barlow_twins"]["optimizer"] == "lars"  # its own paper recipe otherwise
 

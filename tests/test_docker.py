@@ -138,6 +138,15 @@ def test_copies_exactly_what_the_method_and_eval_import(dockerfiles):
         assert not copied & {".", "runs", "data", "reports", ".venv", "tests"}
 
 
+def test_images_copy_no_other_method_than_their_own_code_imports(dockerfiles):
+    """common/ and eval/ import no method (the Lab conversion lives in common/color.py), so an image
+    holds only its method and the methods that method's own code builds on."""
+    builds_on = {"dino_twins": {"dino", "barlow_twins"}, "jigsaw": {"colorization"}}
+    for method, instructions in dockerfiles.items():
+        sources = {a.split()[0].split("/")[0] for a in args_of(instructions, "COPY")}
+        assert sources & set(METHODS) == {method, *builds_on.get(method, ())}, method
+
+
 def test_hadolint_style_rules(dockerfiles):
     for instructions in dockerfiles.values():
         keywords = [k for k, _ in instructions]

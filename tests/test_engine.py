@@ -146,3 +146,49 @@ def test_torchrun_two_process_gloo(tmp_path, data_root):
     assert '"world_size": 2' in config
     steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
     assert steps == list(range(1, 9))  # written once, by rank 0
+
+
+def test_run_directory_lock_refuses_a_second_run_and_leaves_no_trace(tmp_path):
+    from common.engine import run_directory_lock
+
+    with run_directory_lock(tmp_path / "run"):
+        with pytest.raises(SystemExit, match="another run is using .*choose another --out"):
+            with run_directory_lock(tmp_path / "run"):
+                pass
+    with run_directory_lock(tmp_path / "run"):  # released with its holder
+        pass
+    with pytest.raises(SystemExit):  # a refused fresh run removes the folder it made for the lock
+        with run_directory_lock(tmp_path / "fresh"):
+            raise SystemExit("error: refused")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_full_checkpoints_load_safely_and_restore_every_generator(tmp_path):
+    import random
+
+    import numpy as np
+
+    from common.checkpoint import save_checkpoint
+    from common.runtime import rng_state, set_rng_state
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3), np.random.normal()  # a cached gaussian too
+    save_checkpoint({"rng": [rng_state()], "lr": np.float64(0.5), "table": np.arange(3)}, tmp_path / "c.pt")
+    draws = (random.random(), np.random.normal(), np.random.rand(), torch.rand(2))
+    ckpt = torch.load(tmp_path / "c.pt", weights_only=True)  # no numpy object left in the file
+    assert ckpt["lr"] == 0.5 and type(ckpt["lr"]) is float and torch.equal(ckpt["table"], torch.arange(3))
+    set_rng_state(ckpt["rng"][0])
+    again = (random.random(), np.random.normal(), np.random.rand(), torch.rand(2))
+    assert draws[:3] == again[:3] and torch.equal(draws[3], again[3])
+
+
+def test_option_differences_and_output_problems(tmp_path):
+    from common.options import option_differences, output_problem
+
+    saved = {"out_dim": 65536, "arch": "vit_tiny", "max_steps": 3, "global_crops_scale": [0.4, 1.0]}
+    now = {"out_dim": 1024, "arch": "vit_tiny", "max_steps": 9, "global_crops_scale": (0.4, 1.0)}
+    assert option_differences(saved, now).startswith("--out-dim 1024 differs from the checkpoint's 65536; use ")
+    (tmp_path / "f").write_text("")
+    assert "is a file" in output_problem(tmp_path / "f")
+    assert "which is a file" in output_problem(tmp_path / "f" / "x" / "y")
+    assert "under /proc" in output_problem("/proc/self/x") and "under /sys" in output_problem("/sys/run")
+    assert output_problem(tmp_path / "new" / "run") is None

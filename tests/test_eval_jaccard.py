@@ -1,13 +1,15 @@
 """Attention-mass masks and the Jaccard protocols on hand-made attention maps and masks."""
 
+import numpy as np
 import pytest
 import torch
 
+from common.datasets import build_dataset, voc2012_class_masks
+from eval import jaccard as protocol
 from eval.attention import head_masks, mass_mask, upsample
-from eval.jaccard import VOID, aggregate, best_head_jaccard, image_scores, jaccard
+from eval.jaccard import VOID, aggregate, best_head_jaccard, ground_truth, image_scores, jaccard, thing_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 
 def test_sixty_percent_mass_keeps_the_smallest_set():
@@ -62,7 +64,11 @@ def hand_made():
 
 def test_image_scores_on_hand_made_attention():
     attn, gt = hand_made()
-    s = image_scores(attn, gt)
+    # default: void counted as in the published snippet; head 2 covers the void pixel -> 5 / 8
+    counted = image_scores(attn, gt)
+    assert counted["dino_best_head"] == counted["dino_best_head_void_count"] == pytest.approx((1 + 5 / 8) / 2)
+    assert counted["dino_best_head_void_ignore"] == pytest.approx((1 + 5 / 7) / 2)
+    s = image_scores(attn, gt, void_mode="ignore")
     # object 1: head 1 exact (1); object 2: head 2 = bottom rows, 8 px, one void -> 5 / 7
     assert s["dino_best_head"] == pytest.approx((1 + 5 / 7) / 2)
     assert s["per_head_sum"].tolist() == pytest.approx([1.0, 5 / 7])
@@ -83,9 +89,48 @@ def test_masks_upsample_to_blocks_and_aggregate_in_percent():
     assert up.dtype == torch.bool and up.shape == (1, 4, 6)
     assert up[0].sum() == 6 and up[0, :2, :3].all()
     attn, gt = hand_made()
-    s = {k: v for k, v in image_scores(attn, gt).items() if k not in ("masks", "preds")}
+    s = {k: v for k, v in image_scores(attn, gt, void_mode="ignore").items() if k not in ("masks", "preds")}
     perfect = dict(s, dino_best_head=1.0, per_head_sum=torch.tensor([1.0, 1.0]), n_objects=1)
     agg = aggregate([s, perfect])
     assert agg["dino_best_head"] == pytest.approx(100 * ((1 + 5 / 7) / 2 + 1) / 2)
     assert agg["per_head"] == pytest.approx([100 * 2 / 3, 100 * (5 / 7 + 1) / 3])
     assert agg["n_images"] == 2 and agg["n_objects"] == 3
+
+
+def test_void_is_counted_as_in_the_published_snippet_on_the_voc_sample(shared_data):
+    """2007_000063: dog (object 1, 27632 px), chair (object 2, 78930 px), 8714 void boundary pixels."""
+    ds = build_dataset("voc2012", shared_data / "voc2012-sample", "train")
+    gt, why = ground_truth(ds.get_mask(0))
+    assert why is None and torch.unique(gt).tolist() == [0, 1, 2, VOID]
+    chair_and_border = torch.stack([(gt == 2) | (gt == VOID)])  # a head that also covers the void border
+    ignored, _ = best_head_jaccard(chair_and_border, torch.where(gt == 1, 0, gt), "ignore")
+    counted, _ = best_head_jaccard(chair_and_border, torch.where(gt == 1, 0, gt), "count")
+    assert ignored == 1.0 and counted == pytest.approx(78930 / (78930 + 8714))
+    classes = voc2012_class_masks(ds)  # SegmentationClass: VOC class ids (9 chair, 12 dog), same pixels
+    assert classes.mask_kind == "class"
+    assert torch.unique(ground_truth(classes.get_mask(0))[0]).tolist() == [0, 9, 12, VOID]
+    assert torch.equal(ground_truth(classes.get_mask(0))[0] == 9, gt == 2)
+
+
+def test_coco_scores_things_only_with_the_right_skip_reasons(shared_data):
+    mask = np.array([[0, 1, 1, 92], [200, 90, 91, 18]])  # unlabeled, person, stuff, tv... stuff, unused, dog
+    gt, why = ground_truth(mask, range(1, 91))
+    assert why is None and gt.tolist() == [[0, 1, 1, 0], [0, 90, 0, 18]]
+    assert ground_truth(np.array([[0, 92], [150, 200]]), range(1, 91)) == (None, "no_object")
+    assert ground_truth(np.full((2, 2), VOID), range(1, 91)) == (None, "no_mask")
+
+    ds = build_dataset("coco", shared_data, "train")
+    things = thing_ids(ds)
+    assert things == list(range(1, 91)) and thing_ids(build_dataset("voc2012", shared_data / "voc2012-sample")) is None
+    names = protocol.thing_names(ds)  # the things coco128's config.yaml names
+    assert len(names) == 76 and names[1] == "person" and names[90] == "toothbrush" and 92 not in names
+    reasons = {"no_mask": 0, "no_object": 0, "scored": 0}
+    for i in range(len(ds)):
+        raw = ds.get_mask(i)
+        gt, why = ground_truth(raw, things)
+        reasons[why or "scored"] += 1
+        if gt is not None:
+            kept = set(np.unique(gt.numpy())) - {0}
+            assert kept <= set(things) and kept == {int(c) for c in np.unique(raw) if 1 <= c <= 90}
+    assert reasons["no_mask"] == sum(1 for m in ds._masks if not m) == 28
+    assert reasons["scored"] + reasons["no_object"] == 100 and reasons["no_object"] >= 1

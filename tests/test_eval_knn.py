@@ -93,8 +93,9 @@ def test_monitor_scores_and_restores_train_mode():
     before = backbone[0].running_mean.clone()
     monitor = KNNMonitor(Colours(30, 0), Colours(12, 1), image_size=8, batch_size=7, k=5, max_query=9)
     out = monitor(backbone)
-    assert set(out) == {"knn_top1", "knn_top5"}
+    assert set(out) == {"knn_top1", "knn_top5", "knn_queries"}
     assert out["knn_top1"] == 100.0 and out["knn_top5"] == 100.0
+    assert out["knn_queries"] == 9  # max_query of the 12 test images
     assert backbone.training
     assert torch.equal(backbone[0].running_mean, before)  # no batch statistics were updated
     assert len(monitor.query_idx) == 9 and len(monitor.bank_idx) == 30

@@ -58,3 +58,56 @@ def test_heldout_split_is_stratified_and_needs_two_per_class():
     assert heldout_split(np.array([0, 0, 1]), 0.2) is None
     wd, how, scores = choose_weight_decay(torch.randn(3, 4), torch.tensor([0, 0, 1]), 2, 2, 0.1, 8, 0)
     assert wd == 0.0 and "fewer than 2" in how and scores == {}
+
+
+# --- DINO's linear protocol (facebookresearch/dino eval_linear.py) -------------------------------
+
+def test_dino_features_are_the_last_blocks_cls_tokens_or_cls_and_mean_patch():
+    from common.backbones import build_backbone
+    from eval.linear import DINOLinearFeatures, dino_blocks
+
+    torch.manual_seed(0)
+    vit = build_backbone("vit_tiny", image_size=16, patch_size=8).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        tokens, normed = vit.prepare_tokens(x), []
+        for blk in vit.blocks:
+            tokens = blk(tokens)
+            normed.append(vit.norm(tokens))
+        four = DINOLinearFeatures(vit, 4, False)(x)
+        assert four.shape == (2, 4 * 192) and torch.allclose(four, torch.cat([t[:, 0] for t in normed[-4:]], 1))
+        pooled = DINOLinearFeatures(vit, 1, True)(x)
+        # the official cat(dim=-1).reshape interleaves: cls_0, mean_0, cls_1, mean_1, ...
+        cls, mean = normed[-1][:, 0], normed[-1][:, 1:].mean(1)
+        assert pooled.shape == (2, 384)
+        assert torch.allclose(pooled[:, 0::2], cls) and torch.allclose(pooled[:, 1::2], mean)
+        resnet = build_backbone("resnet18", image_size=16).eval()
+        assert torch.allclose(DINOLinearFeatures(resnet, 4, False)(x), resnet(x))
+    assert dino_blocks("vit_small") == (4, False) and dino_blocks("vit_base") == (1, True)
+
+
+def test_protocol_dino_end_to_end(tmp_path, data_root, capsys):
+    import json
+
+    from common.backbones import build_backbone
+    from common.checkpoint import save_checkpoint
+    from eval import linear
+
+    torch.manual_seed(0)
+    net = build_backbone("vit_tiny", image_size=16, patch_size=8)
+    save_checkpoint({"method": "dino", "arch": "vit_tiny", "backbone_kwargs": net.kwargs, "backbone": net.state_dict(),
+                     "epoch": 1, "step": 1, "args": {"image_size": 16}}, tmp_path / "vit.pt")
+    r = linear.main(["--checkpoint", str(tmp_path / "vit.pt"), "--data", "shapes", "--data-root", str(data_root),
+                     "--out", str(tmp_path / "out"), "--device", "cpu", "--protocol", "dino", "--max-train", "40",
+                     "--max-test", "20", "--epochs", "2", "--probe-batch-size", "16"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["protocol"]["name"] == "dino"
+    protocol = r["protocol"]
+    assert protocol["n_last_blocks"] == 4 and protocol["avgpool_patchtokens"] is False
+    assert protocol["feature_dim"] == 4 * 192 and protocol["lr"] == pytest.approx(0.001 * 16 / 256)
+    assert protocol["optimizer"] == "SGD, momentum 0.9, no weight decay" and r["n_test"] == 20
+    assert len(r["curves"]["1"]["epoch"]) == 2 and r["best_top1_over_epochs"] == max(r["curves"]["1"]["test_top1"])
+    assert (tmp_path / "out" / "linear-dino.json").exists()
+    with pytest.raises(SystemExit, match="goes with --n-last-blocks 1"):
+        linear.main(["--checkpoint", str(tmp_path / "vit.pt"), "--data", "shapes", "--data-root", str(data_root),
+                     "--out", str(tmp_path / "out"), "--device", "cpu", "--protocol", "dino", "--n-last-blocks", "4",
+                     "--avgpool-patchtokens", "--max-train", "20", "--max-test", "10", "--epochs", "1"])

@@ -136,6 +136,9 @@ def test_tsne_script_side_by_side(ckpts, data_root, tmp_path, capsys):
     assert (tmp_path / "tsne.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="one title per checkpoint"):
         tsne.main(list(map(str, common_args(ckpts["vit_tiny"], data_root, tmp_path))) + ["--titles", "a", "b"])
+    with pytest.raises(SystemExit, match="at least 2 labelled test images .* got 1; raise --max-test") as e:
+        tsne.main(list(map(str, common_args(ckpts["vit_tiny"], data_root, tmp_path))) + ["--max-test", "1"])
+    assert "\n" not in str(e.value)
 
 
 def test_retrieval_script(ckpts, data_root, tmp_path, capsys):
@@ -181,7 +184,8 @@ def test_jaccard_on_voc_object_masks_and_coco_class_masks(ckpts, shared_data, tm
     assert voc["n_images"] == 1 and voc["mask_kind"] == "object" and voc["rows"]["checkpoint"]["n_objects"] == 2
     coco = run(jaccard.main, base + ["--data", "coco", "--data-root", shared_data, "--max-images", 3,
                                      "--out", tmp_path / "coco"], capsys)
-    assert coco["mask_kind"] == "class" and coco["n_images"] + coco["n_skipped_no_object"] == 3
+    assert coco["mask_kind"] == "class"
+    assert coco["n_images"] + coco["n_skipped_no_object"] + coco["n_skipped_no_mask"] == 3
     assert 0 <= coco["jaccard"] <= 100
 
 

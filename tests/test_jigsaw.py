@@ -25,6 +25,7 @@ from jigsaw.data import (
     load_permutations,
     normalize_tiles,
     puzzle_geometry,
+    read_permutations,
     shuffle_tiles,
 )
 from jigsaw.model import Jigsaw, plot_puzzles
@@ -92,6 +93,46 @@ def hamming_of(perms):
     return hamming_stats(np.asarray(perms))
 
 
+def test_max_mean_criterion_maximises_the_mean_distance_by_hand():
+    # 2x2 from 0123 (seed 0 may start elsewhere: take the first row as given). The second pick is
+    # the farthest (distance 4) under both criteria; they part when min and mean disagree.
+    mm, _ = generate_permutations(24, grid=2, seed=0, criterion="max-mean")
+    assert sorted(map(tuple, mm)) == sorted(itertools.permutations(range(4)))  # all 24, each once
+    first = mm[0]
+    d = lambda a, b: int((np.asarray(a) != np.asarray(b)).sum())  # noqa: E731
+    for k in range(1, 6):  # each pick has the largest summed distance to the rows before it
+        chosen, rest = mm[:k], [p for p in itertools.permutations(range(4)) if p not in set(map(tuple, mm[:k]))]
+        best = max(sum(d(p, c) for c in chosen) for p in rest)
+        assert sum(d(mm[k], c) for c in chosen) == best and d(mm[1], first) == 4
+    mean_set, mean_stats = generate_permutations(1000, grid=3, seed=0, criterion="max-mean")
+    min_set, min_stats = generate_permutations(1000, grid=3, seed=0, criterion="max-min")
+    assert min_stats["min_hamming"] > mean_stats["min_hamming"] and len(np.unique(mean_set, axis=0)) == 1000
+    with pytest.raises(PermutationError, match="unknown permutation criterion"):
+        generate_permutations(10, criterion="max-max")
+
+
+def test_published_permutation_files_are_read_and_validated(tmp_path):
+    perms, _ = generate_permutations(50, grid=3, seed=0)
+    np.save(tmp_path / "zero.npy", perms)
+    np.save(tmp_path / "one.npy", (perms + 1).astype(np.float64))  # 1-based, as MATLAB-era files
+    for name in ("zero", "one"):
+        read, stats = read_permutations(tmp_path / f"{name}.npy", grid=3)
+        assert read.dtype == np.int64 and np.array_equal(read, perms) and stats == hamming_stats(perms)
+    bad = {"shape": perms[:, :4], "rows": perms[:1], "perm": np.where(perms == 8, 7, perms),
+           "dup": np.concatenate([perms, perms[3:4]]), "float": perms + 0.5}
+    messages = {"shape": r"has shape \(50, 4\); expected N × 9", "rows": r"shape \(1, 9\)",
+                "perm": "row 0 .* is not a permutation of 0..8", "dup": "rows 3 and 50 are the same permutation",
+                "float": "expected integers"}
+    for key, array in bad.items():
+        np.save(tmp_path / f"{key}.npy", array)
+        with pytest.raises(PermutationError, match=messages[key]) as e:
+            read_permutations(tmp_path / f"{key}.npy", grid=3)
+        assert "\n" not in str(e.value)
+    (tmp_path / "text.npy").write_text("not numpy")
+    with pytest.raises(PermutationError, match="not a readable .npy"):
+        read_permutations(tmp_path / "text.npy")
+
+
 def test_hamming_stats_by_hand():
     assert hamming_of([[0, 1, 2], [1, 0, 2], [2, 1, 0]]) == {"min_hamming": 2.0, "mean_hamming": pytest.approx(7 / 3)}
 
@@ -109,30 +150,33 @@ def test_geometry_scales_the_paper_down():
 def test_tiles_reassemble_into_the_crop():
     g = torch.Generator().manual_seed(0)
     image = torch.rand(3, 12, 12, generator=g)
-    order = [2, 0, 3, 1]
+    order = torch.tensor([2, 0, 3, 1])
     # tiles as big as the cells: cut, shuffle, reassemble gives the crop back exactly
-    puzzle = shuffle_tiles(cut_tiles(image, grid=2, tile=6), order)
+    puzzle = shuffle_tiles(cut_tiles(image[None], grid=2, tile=6), order[None])[0]
     assert torch.equal(puzzle[0], image[:, 6:12, 0:6])  # position 0 shows cell 2 (bottom left)
     assert torch.equal(assemble(puzzle, order, grid=2), image)
-    # smaller tiles: each reassembled tile lies inside its own cell (a random sub-crop)
-    torch.manual_seed(1)
-    tiles = cut_tiles(image, grid=2, tile=4)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, 2)
-        cell = image[:, 6 * r:6 * r + 6, 6 * c:6 * c + 6]
-        assert any(torch.equal(tile, cell[:, y:y + 4, x:x + 4]) for y in range(3) for x in range(3)), i
+    # smaller tiles: each tile lies inside its own cell (a random sub-crop), per image of a batch
+    batch = torch.stack([image, image.flip(-1)])
+    tiles = cut_tiles(batch, grid=2, tile=4, generator=torch.Generator().manual_seed(1))
+    assert tiles.shape == (2, 4, 3, 4, 4)
+    for b in range(2):
+        for i, tile in enumerate(tiles[b]):
+            r, c = divmod(i, 2)
+            cell = batch[b, :, 6 * r:6 * r + 6, 6 * c:6 * c + 6]
+            assert any(torch.equal(tile, cell[:, y:y + 4, x:x + 4]) for y in range(3) for x in range(3)), i
 
 
 def test_channel_jitter_shifts_channels_independently():
-    image = torch.arange(3 * 16 * 16, dtype=torch.float32).view(3, 16, 16)
-    torch.manual_seed(0)
-    tiles = cut_tiles(image, grid=2, tile=4, channel_jitter=2)
+    image = torch.arange(3 * 16 * 16, dtype=torch.float32).view(1, 3, 16, 16)
+    tiles = cut_tiles(image, grid=2, tile=4, channel_jitter=2, generator=torch.Generator().manual_seed(0))[0]
     # each channel's tile is a window of that channel; the windows' origins differ between channels
     origins = [[divmod(int(tiles[i, ch, 0, 0]) - ch * 256, 16) for ch in range(3)] for i in range(4)]
     assert any(len(set(o)) > 1 for o in origins)
     for i, o in enumerate(origins):
         r, c = divmod(i, 2)
         assert all(8 * r <= y <= 8 * r + 4 and 8 * c <= x <= 8 * c + 4 for y, x in o)
+        for ch, (y, x) in enumerate(o):  # a whole window of its own channel
+            assert torch.equal(tiles[i, ch], image[0, ch, y:y + 4, x:x + 4])
 
 
 def test_each_tile_is_normalised_on_its_own():
@@ -146,15 +190,28 @@ def test_each_tile_is_normalised_on_its_own():
 def test_views_give_tiles_and_a_permutation_index():
     perms, _ = generate_permutations(10, grid=3, seed=0)
     views = JigsawViews(64, perms, grid=3, gray_prob=1.0, channel_jitter=0)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    torch.manual_seed(0)
-    tiles, index = views(image)
-    assert tiles.shape == (9, 3, 18, 18) and 0 <= index < 10
-    assert torch.allclose(tiles[:, 0], tiles[:, 1]) and torch.allclose(tiles[:, 0], tiles[:, 2])  # grayscale
+    assert views.load.size == 73  # the loader resizes to the paper's 256/225 of the puzzle crop
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 3, 73, 73), dtype=np.uint8))
+    tiles, index = views(images, torch.Generator().manual_seed(0))
+    assert tiles.shape == (4, 9, 3, 18, 18) and index.shape == (4,) and 0 <= index.min() and index.max() < 10
+    assert torch.allclose(tiles[:, :, 0], tiles[:, :, 1]) and torch.allclose(tiles[:, :, 0], tiles[:, :, 2])  # grey
+    torch.testing.assert_close(tiles.mean((-1, -2)), torch.zeros(4, 9, 3), atol=1e-5, rtol=0)  # per tile
     assert JigsawViews(64, perms).channel_jitter == 1  # the paper's 2 px at 225 px, scaled to a 63 px crop
-    torch.manual_seed(0)
-    again, index2 = views(image)
-    assert torch.equal(tiles, again) and index == index2  # a function of the seed only
+    again, index2 = views(images, torch.Generator().manual_seed(0))
+    assert torch.equal(tiles, again) and torch.equal(index, index2)  # a function of the generator only
+    # the puzzle is the permutation of the cells: un-shuffling by the true order puts tiles back in place
+    views = JigsawViews(64, perms, grid=3, gray_prob=0.0, channel_jitter=0)
+    g = views.geometry
+    flat = torch.zeros(1, 3, 73, 73, dtype=torch.uint8)
+    for cell in range(9):  # a different grey level per cell
+        r, c = divmod(cell, 3)
+        flat[..., r * g["cell"]:(r + 1) * g["cell"] + 5, c * g["cell"]:(c + 1) * g["cell"] + 5] = 20 * cell + 10
+    tiles, index = views(flat.expand(2, 3, 73, 73), torch.Generator().manual_seed(3))
+    # normalised tiles of flat cells are 0: compare the shuffled order through the raw cut instead
+    x = flat.float()[:, :, :63, :63] / 255
+    raw = cut_tiles(x, 3, g["tile"], 0, torch.Generator().manual_seed(0))
+    assert torch.equal(shuffle_tiles(raw.expand(2, -1, -1, -1, -1), perms[index.numpy()]).mean((2, 3, 4)),
+                       raw[0].mean((1, 2, 3))[torch.as_tensor(perms[index.numpy()])])
 
 
 # --- the network --------------------------------------------------------------------------------
@@ -213,3 +270,24 @@ def test_two_epochs_on_shapes_learn_the_puzzles(tmp_path, data_root):
     assert json.loads((out / "config.json").read_text())["args"]["permutation_min_hamming"] == 4.0
     assert (out / "puzzles.png").stat().st_size > 0
     assert list((tmp_path / "cache").glob("*.npy"))
+
+
+def test_training_runs_on_a_1000_permutation_file(tmp_path, data_root):
+    """A set of 1000 in the published files' layout (1-based, N × 9) drives a few training steps."""
+    from jigsaw.train import main
+
+    perms, stats = generate_permutations(1000, grid=3, seed=3, criterion="max-mean")
+    np.save(tmp_path / "permutations_1000.npy", perms + 1)
+    out = tmp_path / "run"
+    main(["--data", "shapes", "--data-root", str(data_root), "--out", str(out), "--max-images", "8",
+          "--image-size", "32", "--permutations", str(tmp_path / "permutations_1000.npy"), "--batch-size", "4",
+          "--epochs", "1", "--max-steps", "2", "--warmup-epochs", "0", "--workers", "0", "--eval-every", "0",
+          "--device", "cpu", "--tile-dim", "16", "--hidden-dim", "16", "--log-every", "1"])
+    config = json.loads((out / "config.json").read_text())["args"]
+    assert config["num_permutations"] == 1000 and config["permutation_min_hamming"] == stats["min_hamming"]
+    assert len([r for r in read_metrics(out / "metrics.jsonl") if "perm_acc" in r]) == 2
+    with pytest.raises(SystemExit, match="is not a permutation"):
+        np.save(tmp_path / "bad.npy", np.zeros((1000, 9), dtype=np.int64))
+        main(["--data", "shapes", "--data-root", str(data_root), "--out", str(tmp_path / "bad"), "--device", "cpu",
+              "--permutations", str(tmp_path / "bad.npy"), "--max-images", "8", "--image-size", "32",
+              "--batch-size", "4"])
