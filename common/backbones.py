@@ -21,7 +21,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from common.options import ARCH_CHOICES as ARCHS  # noqa: E402  (the one list, torch-free for --help)
@@ -213,7 +212,9 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, h0: int, w0: int) -> torch.Te
 
 class ResidualPair(nn.Module):
     """Two 3x3 conv + BatchNorm with a shortcut (a 1x1 conv + BN where the width changes), as a
-    ResNet basic block; the second BN starts at gamma = 0 so the block starts as the identity."""
+    ResNet basic block. Its BNs start at gamma = 1: with a zero-initialised last gamma (as the
+    torchvision ResNets here) these shallow nets learned measurably slower in short runs
+    (supervised on 3000 shapes images, 4 epochs: 17 % test accuracy against 31 % with gamma = 1)."""
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
@@ -221,7 +222,6 @@ class ResidualPair(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        nn.init.zeros_(self.bn2.weight)
         self.shortcut = (nn.Identity() if c_in == c_out else
                          nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out)))
 
@@ -258,6 +258,8 @@ class SmallCNN(nn.Module):
 
 
 def _resnet(arch: str, image_size: int, in_chans: int) -> nn.Module:
+    import torchvision  # here: its import costs seconds that the CNNs and ViTs never need
+
     net = getattr(torchvision.models, arch)(weights=None, zero_init_residual=True)
     small = image_size <= 64
     if small or in_chans != 3:

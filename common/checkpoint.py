@@ -96,13 +96,12 @@ def _safe_load(path: Path, map_location, trust: bool):
             warnings.simplefilter("ignore")  # pickle-protocol notes of the weights-only unpickler
             return torch.load(path, map_location=map_location, weights_only=not trust)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # a class or function to call: a pickle, not junk
+        if "Weights only load failed" not in str(e) or not found:
             raise
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f" ({found.group(1)})" if found else ""
-        raise CheckpointError(f"{path} holds Python objects{what} that only an unsafe load can rebuild, and "
-                              "unpickling them could run code; refused. Pass --trust-checkpoint only if you "
-                              "trust where the file came from") from None
+        raise CheckpointError(f"{path} holds Python objects ({found.group(1)}) that only an unsafe load can "
+                              "rebuild, and unpickling them could run code; refused. Pass --trust-checkpoint only "
+                              "if you trust where the file came from") from None
 
 
 def load_checkpoint(path: str | os.PathLike, method: str | None = None, arch: str | None = None,

@@ -37,7 +37,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
-
 @dataclass(frozen=True)
 class Variant:
     name: str

@@ -30,8 +30,9 @@ class EvalParser(argparse.ArgumentParser):
                     output_problem(parsed.cache_dir, "--cache-dir") if parsed.cache_dir else None]
         if parsed.seed < 0:
             problems.append(f"--seed must be >= 0, got {parsed.seed}")
-        if getattr(parsed, "lr", None) is not None and parsed.lr <= 0:  # None: the script picks its default
-            problems.append(f"--lr must be > 0, got {parsed.lr}; pass a positive learning rate")
+        # None: the script picks its default; 0 is allowed: a frozen run (tests compare it with kNN)
+        if getattr(parsed, "lr", None) is not None and parsed.lr < 0:
+            problems.append(f"--lr must be >= 0, got {parsed.lr}; pass a positive learning rate")
         problems = [p for p in problems if p]
         if problems:
             raise SystemExit(f"error: {'; '.join(problems)}")

@@ -22,13 +22,13 @@ def _explicit_forward(vit, x):
     return vit.norm(x)[:, 0]
 
 
-@pytest.mark.parametrize("arch, dim", [("resnet18", 512), ("resnet50", 2048), ("vit_tiny", 192),
-                                       ("vit_small", 384), ("vit_base", 768)])
+@pytest.mark.parametrize("arch, dim", [("cnn_tiny", 128), ("cnn_small", 256), ("resnet18", 512), ("resnet50", 2048),
+                                       ("vit_mini", 192), ("vit_tiny", 192), ("vit_small", 384), ("vit_base", 768)])
 def test_output_dims(arch, dim):
     torch.manual_seed(0)
     # ViT-B's 86M-parameter init takes seconds on a busy CPU; its shapes need no values.
     with torch.device("meta" if arch == "vit_base" else "cpu"):
-        m = build_backbone(arch, image_size=32, patch_size=16).eval()
+        m = build_backbone(arch, image_size=32, patch_size=16 if arch != "vit_mini" else 4).eval()
         with torch.no_grad():
             out = m(torch.randn(2, 3, 32, 32))
     assert m.embed_dim == dim and out.shape == (2, dim)
@@ -40,10 +40,18 @@ def test_output_dims(arch, dim):
         blocks = [b for layer in (m.layer1, m.layer2, m.layer3, m.layer4) for b in layer]
         assert all((getattr(b, last_bn).weight == 0).all() for b in blocks)
         assert (m.bn1.weight == 1).all()
+    if arch.startswith("cnn"):
+        # gamma = 1 in every BN (a zero-initialised residual gamma learned slower in short runs)
+        assert all((b.bn2.weight == 1).all() for b in m.modules() if type(b).__name__ == "ResidualPair")
+        assert m.feature_map(torch.randn(1, 3, 32, 32)).shape == (1, dim, 4, 4)  # 4 stages, 3 poolings
 
 
-def test_archs_are_the_documented_ones():
-    assert ARCHS == ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
+def test_archs_are_the_documented_ones_with_their_sizes():
+    assert ARCHS == ("cnn_tiny", "cnn_small", "resnet18", "resnet50", "vit_mini", "vit_tiny", "vit_small", "vit_base")
+    size = {a: sum(p.numel() for p in build_backbone(a, image_size=32, patch_size=4).parameters())
+            for a in ("cnn_tiny", "cnn_small", "vit_mini")}
+    assert 0.25e6 < size["cnn_tiny"] < 0.35e6 and 1.1e6 < size["cnn_small"] < 1.3e6  # the CPU-sized members
+    assert 1.7e6 < size["vit_mini"] < 1.9e6
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -174,7 +182,7 @@ def test_drop_path_drops_whole_samples_and_keeps_the_mean():
 
 
 def test_bad_options_are_one_line_errors():
-    with pytest.raises(BackboneError, match="unknown arch 'vit_huge'; choose one of resnet18"):
+    with pytest.raises(BackboneError, match="unknown arch 'vit_huge'; choose one of cnn_tiny"):
         build_backbone("vit_huge")
     with pytest.raises(BackboneError, match="not a multiple of patch size 16"):
         build_backbone("vit_tiny", image_size=40)

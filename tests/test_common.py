@@ -113,19 +113,25 @@ def test_runtime_amp_choices():
         amp_dtype("fp16", torch.device("cpu"))
 
 
-def test_seeded_views_do_not_depend_on_workers(data_root):
-    from torchvision.transforms import v2
-
+def test_views_are_a_function_of_seed_epoch_batch_and_rank(data_root):
+    from common.augment import TwoViews
     from common.datasets import build_dataset
-    from common.loader import SeededTransform
+    from common.loader import Loaded, view_generator
 
     ds = build_dataset("shapes", str(data_root), "train")
-    t = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(16, antialias=True), v2.ToDtype(torch.float32, scale=True)])
-    wrapped = SeededTransform(ds, t, seed=5)
-    a, _ = wrapped[(1, 7)]
+    views = TwoViews(32)
+    loaded = Loaded(ds, views.load)
+    image, label = loaded[(1, 7)]
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32) and label == ds.targets[7]
+    batch = torch.stack([loaded[(0, i)][0] for i in range(4)])
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    b, _ = wrapped[(1, 7)]
-    assert torch.equal(a, b) and torch.equal(torch.rand(1), before)  # global RNG untouched
-    assert not torch.equal(a, wrapped[(2, 7)][0])
+    a = views(batch, view_generator(5, 1, 3))
+    assert torch.equal(torch.rand(1), before)  # the global RNG is untouched
+    b = views(batch, view_generator(5, 1, 3))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    for other in (view_generator(5, 2, 3), view_generator(5, 1, 4), view_generator(5, 1, 3, rank=1),
+                  view_generator(6, 1, 3), view_generator(5, -1, 3)):
+        assert not torch.equal(a[0], views(batch, other)[0])
+

@@ -230,14 +230,15 @@ def test_last_layer_is_frozen_during_the_first_epoch_then_trained():
 
 
 def test_dino_views_give_two_global_and_n_local_crops():
-    from PIL import Image
-
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
-    torch.manual_seed(0)
-    views = DINOViews(tiny_args(image_size=32, local_crops_number=3))(image)
-    assert [tuple(v.shape) for v in views] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (2, 3, 32, 32), dtype=np.uint8))
+    args = tiny_args(image_size=32, local_crops_number=3, color_jitter=(0.4, 0.4, 0.2, 0.1), gray_p=0.2)
+    views = DINOViews(args)(images, torch.Generator().manual_seed(0))
+    assert [tuple(v.shape) for v in views] == [(2, 3, 32, 32)] * 2 + [(2, 3, 16, 16)] * 3
     assert all(v.dtype == torch.float32 for v in views)
-    assert len(DINOViews(tiny_args(image_size=32, local_crops_number=0))(image)) == 2
+    args.local_crops_number = 0
+    assert len(DINOViews(args)(images, torch.Generator().manual_seed(0))) == 2
+    args.local_crops_number, args.local_crops_size = 2, 32  # DINO-Twins' local crops at the global size
+    assert [v.shape[-1] for v in DINOViews(args)(images, torch.Generator().manual_seed(0))] == [32] * 4
 
 
 # --- end-to-end through the engine ------------------------------------------------------------

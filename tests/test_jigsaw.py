@@ -11,7 +11,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from common.logging import read_metrics
 from jigsaw.data import (

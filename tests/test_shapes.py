@@ -1,5 +1,6 @@
-"""The embedded `shapes` data set: deterministic, masks that match the drawn shapes, a class that does
-not follow from colour, and a cache that is written once and regenerated when corrupt."""
+"""The embedded `shapes` data set (v2, 32 px, flat backgrounds; and `shapes-hard`, 64 px, textures and
+distractors): deterministic, masks that match the drawn shapes, a class that does not follow from
+colour, and a cache per variant that is written once and regenerated when corrupt."""
 
 import logging
 
@@ -14,18 +15,38 @@ N = 400
 
 @pytest.fixture(scope="module")
 def sample():
+    return shapes.generate(N, seed=5, variant="shapes-hard")
+
+
+@pytest.fixture(scope="module")
+def easy():
     return shapes.generate(N, seed=5)
 
 
-def test_generation_is_deterministic(sample):
-    again = shapes.generate(N, seed=5)
+def test_generation_is_deterministic(sample, easy):
+    again = shapes.generate(N, seed=5, variant="shapes-hard")
     assert all(a.tobytes() == b.tobytes() for a, b in zip(sample, again))
-    other = shapes.generate(N, seed=6)
+    other = shapes.generate(N, seed=6, variant="shapes-hard")
     assert not np.array_equal(other[0], sample[0])
-    images, labels, masks = sample
-    assert images.shape == (N, 64, 64, 3) and images.dtype == np.uint8
-    assert masks.shape == (N, 64, 64) and labels.shape == (N,)
-    assert set(labels.tolist()) == set(range(len(shapes.CLASSES))) and len(shapes.CLASSES) == 10
+    for (images, labels, masks), size in ((sample, 64), (easy, 32)):
+        assert images.shape == (N, size, size, 3) and images.dtype == np.uint8
+        assert masks.shape == (N, size, size) and labels.shape == (N,)
+        assert set(labels.tolist()) == set(range(len(shapes.CLASSES))) and len(shapes.CLASSES) == 10
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(easy, shapes.generate(N, seed=5)))
+
+
+def test_v2_is_one_shape_on_a_flat_noisy_background(easy):
+    images, labels, masks = easy
+    assert set(np.unique(masks).tolist()) == {0, 1}  # no distractors
+    for i in range(N):
+        background = images[i][masks[i] == 0].astype(float)
+        assert background.std(0).max() < 20  # one colour plus pixel noise (sigma 3-14), no texture
+        assert len(np.unique(images[i][masks[i] == 1], axis=0)) == 1  # a flat shape
+    area = (masks == 1).sum((1, 2)) / 32 ** 2
+    assert 0.05 < area.min() and area.max() < 0.6
+    # raw pixels stay weak: the learnable part is the outline, not a colour or a position
+    half = N // 2
+    assert shapes.raw_pixel_knn((images[:half], labels[:half]), (images[half:], labels[half:])) < 0.25
 
 
 def test_every_mask_id_is_one_flat_colour_and_the_background_is_not(sample):
@@ -74,8 +95,9 @@ def test_masks_have_the_geometry_of_their_class(sample):
     assert np.median(stat(_solidity, "square")) == pytest.approx(2 / np.pi, abs=0.08)  # square in its circle
 
 
-def test_class_does_not_follow_from_colour(sample):
-    images, labels, masks = sample
+@pytest.mark.parametrize("variant", ["sample", "easy"])
+def test_class_does_not_follow_from_colour(variant, request):
+    images, labels, masks = request.getfixturevalue(variant)
     colour = np.stack([images[i][masks[i] == 1][0] for i in range(N)]).astype(float)
     half = N // 2
     centroids = np.stack([colour[:half][labels[:half] == k].mean(0) for k in range(10)])
@@ -97,13 +119,13 @@ def test_cache_written_once_and_regenerated_when_corrupt(tmp_path, monkeypatch, 
     monkeypatch.setattr(shapes, "TEST_SIZE", 10)
     train_set = build_dataset("shapes", root=tmp_path)
     path = shapes.cache_path(tmp_path)
-    assert path.parent == tmp_path / "shapes" and f"v{shapes.VERSION}" in path.name and path.exists()
+    assert path.parent == tmp_path / "shapes" and path.name == "shapes-v2-32px-30-10.npz" and path.exists()
     assert len(train_set) == 30 and train_set.classes == shapes.CLASSES and train_set.mask_kind == "object"
     images, labels, masks = shapes.generate(30, shapes.SEEDS["train"])
     assert np.array_equal(train_set.images, images) and train_set.targets == labels.tolist()
     image, label = train_set[7]
     mask = train_set.get_mask(7)
-    assert image.size == (64, 64) and image.mode == "RGB" and label == labels[7]
+    assert image.size == (32, 32) and image.mode == "RGB" and label == labels[7]
     assert mask.dtype == np.int64 and np.array_equal(mask, masks[7])
     stamp = path.stat().st_mtime_ns
     test_set = build_dataset("shapes", root=tmp_path, split="val")
@@ -114,4 +136,7 @@ def test_cache_written_once_and_regenerated_when_corrupt(tmp_path, monkeypatch, 
     with caplog.at_level(logging.WARNING, logger="ssl_lab.data"):
         again = build_dataset("shapes", root=tmp_path, split="test")
     assert np.array_equal(again.images, test_set.images) and "regenerating" in caplog.text
-    assert np.load(path)["train_images"].shape == (30, 64, 64, 3)  # the rewritten cache is whole
+    hard = build_dataset("shapes-hard", root=tmp_path, split="test")  # its own cache, the v1 set
+    assert hard.images.shape == (10, 64, 64, 3) and shapes.cache_path(tmp_path, "shapes-hard").exists()
+    assert np.array_equal(hard.images, shapes.generate(10, shapes.SEEDS["test"], "shapes-hard")[0])
+    assert np.load(path)["train_images"].shape == (30, 32, 32, 3)  # the rewritten cache is whole

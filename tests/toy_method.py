@@ -13,9 +13,9 @@ import signal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms import v2
 
 from common import engine
+from common.augment import TwoViews
 from common.backbones import build_backbone
 from common.ema import copy_params_and_buffers, ema_update
 
@@ -57,13 +57,12 @@ class Toy(engine.SSLMethod):
         return self.teacher
 
 
-class Views:
-    def __init__(self, size):
-        self.t = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.3, 1), antialias=True),
-                             v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])
+class Views(TwoViews):
+    """Two random views made a batch at a time on the device (common.augment): crops, flips and
+    colour drawn per sample from the engine's generator."""
 
-    def __call__(self, image):
-        return [self.t(image), self.t(image)]
+    def __init__(self, size):
+        super().__init__(size, scale=(0.3, 1.0))
 
 
 def add_arguments(parser):
