@@ -89,15 +89,13 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def method_view_costs(name: str, args, method) -> list[dict]:
+def method_view_costs(name: str, args, views) -> list[dict]:
     """The views one source image costs in the method's step (ssl_benchmark.method_views, plus
-    Jigsaw's tiles and Colorization's single crop)."""
+    Jigsaw's tiles, at the side its views cut them, and Colorization's single crop)."""
     from benchmarks.ssl_benchmark import method_views
 
     if name == "jigsaw":
-        tile = method.tile_size if hasattr(method, "tile_size") else None
-        tile = tile or args.image_size // args.grid
-        return [dict(view="tiles", side=tile, grad=True, count=args.grid ** 2)]
+        return [dict(view="tiles", side=views.geometry["tile"], grad=True, count=args.grid ** 2)]
     if name == "colorization":
         return [dict(view="image", side=args.image_size, grad=True, count=1)]
     return method_views(name, args)
@@ -148,7 +146,7 @@ def run(opts) -> dict:
     total = sum(sum(v) for v in times.values())
     train_img_s = args.batch_size * opts.steps / total
     backbone = backbone_throughput(args, device, runtime.amp_dtype, warmup=3, iters=max(5, opts.steps // 2))
-    ideal = ideal_ratio(method_view_costs(name, args, method), args.image_size)
+    ideal = ideal_ratio(method_view_costs(name, args, views), args.image_size)
     ratio = train_img_s / backbone["img_per_s"]
     return {
         "method": name, "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
