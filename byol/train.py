@@ -5,8 +5,8 @@
 
 Defaults are the paper's (Section 3.3 and Appendix C): LARS, base lr 0.2 × batch/256 (the
 paper's 4096 batch gives 3.2), weight decay 1.5e-6, 10 warm-up epochs then a cosine to 0,
-τ_base 0.996, projector and predictor 4096 → 256, 1000 epochs. A --recipe only changes defaults:
-options given explicitly on the command line always win over it.
+τ_base 0.996, projector and predictor 4096 → 256, 1000 epochs. A --recipe (common/recipes.py) puts
+its options before the command line: options given explicitly always win over it.
 """
 
 from __future__ import annotations
@@ -25,33 +25,10 @@ DESCRIPTION = __doc__.split("\n\n")[0]
 # also run on a small dataset; the lr follows it linearly.
 DEFAULTS = dict(optimizer="lars", lr=0.2, min_lr=0.0, weight_decay=1.5e-6, warmup_epochs=10, epochs=1000)
 
-# BYOL on STL-10 with ResNet-18 after sthalles/PyTorch-BYOL: SGD with lr 0.03, momentum
-# 0.9, weight decay 4e-4, batch 64, 96 px, an MLP of 512 → 128, 15 epochs. The engine scales --lr by
-# batch/256, so base lr 0.12 gives 0.03 at batch 64; --min-lr 0.03 keeps it constant (no decay, no
-# warm-up), as in that code.
-RECIPES = {
-    "stl10-sgd": dict(data="stl10", train_split="unlabeled", arch="resnet18", image_size=96, batch_size=64, epochs=15,
-                      optimizer="sgd", lr=0.12, min_lr=0.03, warmup_epochs=0, momentum=0.9,
-                      weight_decay=4e-4, hidden_dim=512, out_dim=128),
-}
-
-
-RECIPE_NOTES = {"stl10-sgd": "sthalles/PyTorch-BYOL's STL-10 run: the 100k unlabelled images, SGD at a constant "
-                             "lr 0.03 with batch 64, "
-                             "momentum 0.9, weight decay 4e-4"}
-
-
-def recipe_help() -> str:
-    lines = [f"{name} ({RECIPE_NOTES[name]}) = " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
-             for name, values in RECIPES.items()]
-    return "a named set of defaults; options given explicitly on the command line override it. " + "; ".join(lines)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("BYOL")
     add_crop_scale_argument(g)
     add_color_arguments(g)
-    g.add_argument("--recipe", default=None, choices=sorted(RECIPES), help=recipe_help())
     g.add_argument("--tau", type=float, default=0.996,
                    help="base decay rate τ of the target EMA, raised to 1 on a per-step cosine (paper: 0.996 "
                         "for 1000 epochs; use about 0.99 for short runs so that the target keeps up)")
@@ -59,19 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--out-dim", type=int, default=256, help="projection / prediction size (paper: 256)")
 
 
-def defaults_for(argv: list[str]) -> dict:
-    """The paper's defaults, overlaid with the values of a --recipe if one is named in argv."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--recipe", default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.recipe is not None and known.recipe not in RECIPES:
-        raise SystemExit(f"error: unknown --recipe {known.recipe!r}; choose one of {', '.join(sorted(RECIPES))}")
-    return {**DEFAULTS, **RECIPES.get(known.recipe, {})}
-
-
-def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    """The full parser (shared options + BYOL's), with the defaults `argv`'s recipe selects."""
-    parser = base_parser("byol", DESCRIPTION, **defaults_for(argv))
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser (shared options + BYOL's) with the paper's defaults."""
+    parser = base_parser("byol", DESCRIPTION, **DEFAULTS)
     add_arguments(parser)
     return parser
 
@@ -92,8 +59,7 @@ def build(args, steps_per_epoch: int):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_cli("byol", add_arguments, defaults_for(argv), argv, DESCRIPTION)
+    args = parse_cli("byol", add_arguments, DEFAULTS, argv, DESCRIPTION)
     from common import engine  # torch loads only now: --help and option errors never wait for it
 
     return engine.train("byol", args, build)

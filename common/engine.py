@@ -30,7 +30,7 @@ from common.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from common.logging import RunLogger, write_config
+from common.logging import RunLogger, read_metrics, write_config
 from common.options import option_differences, output_problem, parse_cli
 from common.runtime import cleanup_runtime, preserved_rng, rng_state, set_rng_state, setup_runtime
 from common.schedules import cosine_schedule
@@ -262,6 +262,7 @@ class Trainer:
         self.t_start = time.time()
         if step == 0:
             self.save_snapshot(method, 0, 0)
+            self.monitor_initial_network(method, logger)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         bad = torch.zeros((), dtype=torch.bool, device=rt.device)
         last_saved, reason, epoch_done = -1, "end", step  # a resumed step is always past its epoch's end
@@ -341,7 +342,8 @@ class Trainer:
                 print(f"stopped by {signal.Signals(signum).name} at step {step}; {saved} — re-run the same command "
                       "to resume", file=sys.stderr, flush=True)
             raise SystemExit(128 + signum)  # the shell's convention: 130 after SIGINT, 143 after SIGTERM
-        logger.info(f"done: step {step}/{self.total_steps}, {summary['wall_time_s']} s, run directory {self.run_dir}")
+        logger.info(f"done: step {step}/{self.total_steps}, {summary['wall_time_s']} s{self.knn_summary()}, "
+                    f"run directory {self.run_dir}")
         return summary
 
     def _check_finite(self, bad, step, method, last_saved):
@@ -352,6 +354,28 @@ class Trainer:
             raise SystemExit(f"error: the loss became NaN or infinite by step {step}; {kept}{hint}")
 
     @torch.no_grad()
+    def monitor_initial_network(self, method, logger) -> None:
+        """kNN of the network before its first step: the baseline every later kNN is read against."""
+        if not (self.rt.is_main and self.monitor is not None and self.args.eval_every):
+            return
+        if any("knn_init_top1" in r for r in read_metrics(self.run_dir / "metrics.jsonl")):
+            return  # a run killed before its first checkpoint restarts at step 0: measured already
+        with preserved_rng():
+            init = self.monitor(method.eval_backbone)
+        logger.log({"step": 0, "epoch": 0, "knn_init_top1": init["knn_top1"], "knn_queries": init["knn_queries"]},
+                   show=False)
+        logger.info(f"kNN at initialisation: {init['knn_top1']:.1f} % on {init['knn_queries']} queries "
+                    "(the baseline this run must beat)")
+
+    def knn_summary(self) -> str:
+        """', kNN 42.9 % (28.1 % at initialisation)' from metrics.jsonl: also right after a resume."""
+        rows = read_metrics(self.run_dir / "metrics.jsonl") if self.rt.is_main else []
+        last = [r["knn_top1"] for r in rows if "knn_top1" in r]
+        init = [r["knn_init_top1"] for r in rows if "knn_init_top1" in r]
+        if not last:
+            return ""
+        return f", kNN {last[-1]:.1f} %" + (f" ({init[0]:.1f} % at initialisation)" if init else "")
+
     def end_of_epoch(self, method, model, val_loader, step, logger):
         from common.runtime import barrier
 

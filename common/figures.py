@@ -127,6 +127,9 @@ def plot_metrics(run_dir: Path) -> list[Path]:
         written.append(run_dir / "loss.png")
     knn_rows = [r for r in epoch_rows if "knn_top1" in r]
     if knn_rows:
+        # the network at initialisation (the engine's step-0 row) starts the curve: the baseline
+        init = [{"epoch": 0, "knn_top1": r["knn_init_top1"]} for r in epoch_rows if "knn_init_top1" in r]
+        knn_rows = init[:1] + knn_rows
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([r["epoch"] for r in knn_rows], [r["knn_top1"] for r in knn_rows], "o-")
         ax.set_xlabel("epoch")

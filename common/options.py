@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sys
 from pathlib import Path
+
+from common import recipes
 
 # The backbones (common/backbones.py builds them; listed here so that parsing needs no torch): the
 # CPU-sized CNNs and ViT first, then the papers' ResNets and ViTs.
@@ -25,6 +28,17 @@ TRUST_HELP = ("load checkpoints with full pickle (torch.load weights_only=False)
               "checkpoints of older ssl-lab versions). Without it, files holding more than tensors and plain "
               "Python values are refused")
 KERNEL_FILESYSTEMS = ("/proc", "/sys", "/dev")  # writable-looking folders that are not storage
+# Released weights by name (common/pretrained.py downloads them): the official URLs of
+# facebookresearch/dino's hubconf.py. Here, so that an eval script's --checkpoint tells a name from
+# a path without torch.
+_DINO = "https://dl.fbaipublicfiles.com/dino"
+RELEASED = {
+    "dino_vits16": f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+    "dino_vits8": f"{_DINO}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
+    "dino_vitb16": f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+    "dino_vitb8": f"{_DINO}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
+    "dino_resnet50": f"{_DINO}/dino_resnet50_pretrain/dino_resnet50_pretrain.pth",
+}
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -98,6 +112,7 @@ def base_parser(method: str, description: str = "", **defaults) -> argparse.Argu
     o.add_argument("--clip-grad", type=float, default=0.0, help="clip each parameter's gradient norm (0 = off)")
 
     r = p.add_argument_group("run")
+    r.add_argument("--recipe", default="paper", choices=recipes.choices(method), help=recipes.help_for(method))
     r.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="mixed precision: auto = bf16 on GPUs that have it, fp16 on older GPUs, off on CPU")
     r.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"),
@@ -131,7 +146,7 @@ def parse_cli(method: str, add_arguments, defaults: dict | None = None, argv=Non
     here imports torch, so --help and option errors come back at once."""
     parser = base_parser(method, description, **(defaults or {}))
     add_arguments(parser)
-    return parse_args(parser, argv)
+    return parse_args(parser, recipes.expand(method, sys.argv[1:] if argv is None else list(argv)))
 
 
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:

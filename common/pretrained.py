@@ -32,16 +32,7 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import CheckpointError
-
-# The official URLs of facebookresearch/dino's hubconf.py.
-_DINO = "https://dl.fbaipublicfiles.com/dino"
-RELEASED = {
-    "dino_vits16": f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-    "dino_vits8": f"{_DINO}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
-    "dino_vitb16": f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-    "dino_vitb8": f"{_DINO}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
-    "dino_resnet50": f"{_DINO}/dino_resnet50_pretrain/dino_resnet50_pretrain.pth",
-}
+from common.options import RELEASED  # the names and official URLs (torch-free: the CLIs check names with it)
 
 
 class PretrainedError(CheckpointError):

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torchvision.transforms import v2
 
-from common.augment import MEAN, STD
-from common.runtime import resolve_device
-from eval import cli
-from eval.features import subset_indices
+from eval import cli  # torch-free: torch is imported inside the functions, after parsing
+
+if TYPE_CHECKING:
+    import torch
 
 MASS = 0.6  # DINO keeps the smallest set of patches holding 60 % of the attention mass
 
@@ -32,6 +30,8 @@ MASS = 0.6  # DINO keeps the smallest set of patches holding 60 % of the attenti
 def mass_mask(attn: torch.Tensor, mass: float = MASS) -> torch.Tensor:
     """Boolean mask over the last dimension: the smallest set of entries, largest first, whose share
     of the total reaches `mass` (e.g. [0.5, 0.3, 0.15, 0.05] at 0.6 keeps the first two)."""
+    import torch
+
     if not 0.0 < mass <= 1.0:
         raise ValueError(f"mass must be in (0, 1], got {mass}")
     attn = attn.float()
@@ -54,6 +54,11 @@ def require_vit(backbone, ckpt: dict, script: str) -> None:
 
 def prepare_image(image, image_size: int, patch_size: int) -> torch.Tensor:
     """3 × h × w normalised tensor: short side about `image_size`, both sides multiples of the patch."""
+    import torch
+    from torchvision.transforms import v2
+
+    from common.augment import MEAN, STD
+
     w, h = image.size
     scale = image_size / min(w, h)
     size = [max(patch_size, round(s * scale / patch_size) * patch_size) for s in (h, w)]
@@ -61,11 +66,13 @@ def prepare_image(image, image_size: int, patch_size: int) -> torch.Tensor:
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])(image)
 
 
-@torch.no_grad()
 def cls_attention(backbone, images: torch.Tensor) -> torch.Tensor:
     """B × heads × h × w: the last layer's attention of the CLS query to every patch."""
+    import torch
+
     h, w = images.shape[-2] // backbone.patch_size, images.shape[-1] // backbone.patch_size
-    attn = backbone.get_last_selfattention(images)
+    with torch.no_grad():
+        attn = backbone.get_last_selfattention(images)
     return attn[:, :, 0, 1:].reshape(attn.shape[0], attn.shape[1], h, w).float()
 
 
@@ -77,21 +84,33 @@ def head_masks(attn: torch.Tensor, mass: float = MASS) -> torch.Tensor:
 
 def upsample(maps: torch.Tensor, size) -> torch.Tensor:
     """Nearest-neighbour upsampling of ... × h × w maps to `size` = (H, W) (each patch a block)."""
+    import torch
+    import torch.nn.functional as F
+
     lead = maps.shape[:-2]
     out = F.interpolate(maps.float().reshape(1, -1, *maps.shape[-2:]), size=tuple(size), mode="nearest")
     out = out.reshape(*lead, *size)
     return out.bool() if maps.dtype == torch.bool else out
 
 
+def add_arguments(parser: cli.EvalParser) -> None:
+    d, g = parser.group("data"), parser.group("evaluation")
+    d.add_argument("--split", default="test", help="split to take the images from")
+    d.add_argument("--num-images", type=int, default=4, help="images in the grid (evenly spaced over the split)")
+    g.add_argument("--mass", type=float, default=MASS,
+                   help="share of each map's attention mass the masks keep (DINO's --threshold)")
+
+
 def main(argv=None) -> dict:
-    p = cli.base_parser("Last-layer CLS self-attention of a ViT checkpoint, per head, and its 60 % mass masks.")
-    p.add_argument("--split", default="test", help="split to take the images from")
-    p.add_argument("--num-images", type=int, default=4, help="images in the grid (evenly spaced over the split)")
-    p.add_argument("--mass", type=float, default=MASS, help="attention mass kept by the masks (DINO: 0.6)")
-    args = p.parse_args(argv)
+    args = cli.parse_cli("attention", add_arguments, argv,
+                         "Last-layer CLS self-attention of a ViT checkpoint, per head, and its 60 % mass masks.")
     cli.check_positive(args, "num_images", "image_size")
     if not 0 < args.mass <= 1:
         raise SystemExit("error: --mass must be in (0, 1]")
+    import torch  # torch loads only now: --help and option errors never wait for it
+
+    from common.runtime import resolve_device
+    from eval.features import subset_indices
 
     device = resolve_device(args.device)
     backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
@@ -131,6 +150,10 @@ def main(argv=None) -> dict:
 
 def denormalise(x: torch.Tensor) -> np.ndarray:
     """Normalised 3 × H × W tensor → H × W × 3 array in [0, 1] for imshow."""
+    import torch
+
+    from common.augment import MEAN, STD
+
     mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
     return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 

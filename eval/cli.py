@@ -4,6 +4,11 @@ Each script takes `--checkpoint PATH` (any method's checkpoint in the common for
 `--data-root` (the registry), `--out DIR`, `--device`, `--image-size` (default: the size the
 checkpoint was trained at), writes its numbers to `<out>/<name>.json` and prints the same JSON
 object as the last line of stdout, so that run_all.sh and the report can read either.
+
+This module imports no torch at import time (nor anything that does), and neither does any eval
+script: a script parses its options first (`parse_cli`, as a train.py does with common/options.py)
+and imports torch, torchvision, scikit-learn and matplotlib inside its functions, so `--help` and
+option errors come back at once.
 """
 
 from __future__ import annotations
@@ -13,18 +18,30 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from common.options import RELEASED, TRUST_HELP, HelpFormatter, data_root_problem, output_problem
+
+if TYPE_CHECKING:
+    import torch
+
+# The argument groups of every script's --help, in this order; a script adds its own options to
+# "evaluation" (and its split or image-selection options to "data").
+GROUPS = ("checkpoint", "data", "evaluation", "run")
 
 
 class EvalParser(argparse.ArgumentParser):
     """Checks the options every script shares as soon as they are parsed, before anything is
     loaded or written: one-line errors."""
 
-    def parse_args(self, args=None, namespace=None):
-        from common.options import data_root_problem, output_problem
+    def group(self, title: str) -> argparse._ArgumentGroup:
+        """The argument group of that title (one of GROUPS)."""
+        return next(g for g in self._action_groups if g.title == title)
 
+    def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
+        if getattr(parsed, "raw_pixels", None) is not None:  # a script that offers --raw-pixels
+            pixels_problem(parsed)
         problems = [data_root_problem(parsed.data_root),
                     output_problem(parsed.out) if parsed.out else None,
                     output_problem(parsed.cache_dir, "--cache-dir") if parsed.cache_dir else None]
@@ -39,51 +56,84 @@ class EvalParser(argparse.ArgumentParser):
         return parsed
 
 
-def base_parser(description: str, multi_checkpoint: bool = False) -> argparse.ArgumentParser:
-    from common.options import TRUST_HELP, HelpFormatter
+def pixels_problem(args) -> None:
+    """--raw-pixels or --checkpoint, exactly one; the pixels need the size to cut them at and a
+    folder to write to (there is no checkpoint folder)."""
+    if args.raw_pixels and args.checkpoint:
+        raise SystemExit("error: --raw-pixels judges the pixels themselves: pass it or --checkpoint, not both")
+    if not args.raw_pixels and not args.checkpoint:
+        raise SystemExit("error: --checkpoint is required (or --raw-pixels for the raw-pixels baseline)")
+    if args.raw_pixels and not args.image_size:
+        raise SystemExit("error: --raw-pixels needs --image-size (there is no checkpoint to take it from)")
+    if args.raw_pixels and not args.out:
+        raise SystemExit("error: --raw-pixels needs --out (there is no checkpoint folder to write next to)")
 
-    p = EvalParser(description=description, formatter_class=HelpFormatter)
-    p._optionals.title = "this evaluation's options"  # the script's own, after the shared groups below
-    c = p.add_argument_group("checkpoint and data")
+
+def base_parser(description: str = "", multi_checkpoint: bool = False, script: str | None = None,
+                raw_pixels: bool = False) -> EvalParser:
+    """The options every script shares, in the groups of GROUPS (the script's own go to
+    `parser.group("evaluation")`); `script` names it in the usage line (python eval/<script>.py).
+    `raw_pixels`: the script also offers --raw-pixels, the baseline without a network (then
+    --checkpoint is optional: exactly one of the two)."""
+    p = EvalParser(prog=f"python eval/{script}.py" if script else None, description=description,
+                   formatter_class=HelpFormatter)
+    c, d, _, r = (p.add_argument_group(title) for title in GROUPS)
     released = ("; also released weights: an official DINO file (backbone or training checkpoint, whose teacher "
-                "is taken), a torchvision ResNet state dict, or a name (dino_vits16, dino_vits8, dino_vitb16, "
-                "dino_vitb8, dino_resnet50) downloaded once from the official URL")
+                f"is taken), a torchvision ResNet state dict, or a name ({', '.join(RELEASED)}) downloaded once "
+                "from the official URL")
     if multi_checkpoint:
         c.add_argument("--checkpoint", required=True, nargs="+", metavar="PATH", type=checkpoint_argument,
                        help="one or more checkpoints in the ssl-lab format (e.g. a run's snapshots/*.pt)" + released)
     else:
-        c.add_argument("--checkpoint", required=True, metavar="PATH", type=checkpoint_argument,
+        c.add_argument("--checkpoint", required=not raw_pixels, metavar="PATH", type=checkpoint_argument,
                        help="checkpoint.pt of any method's run (or a snapshot)" + released)
-    c.add_argument("--data", default="shapes", help="dataset registry name or path")
-    c.add_argument("--data-root", default=None, help="dataset root (default: $SSL_DATA or ./data)")
-    r = p.add_argument_group("run")
+    if raw_pixels:
+        c.add_argument("--raw-pixels", action="store_true",
+                       help="no network: the baseline of the eval views' flattened pixels, each channel "
+                            "standardised with the train images' statistics (needs --image-size and --out)")
+    c.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+
+    d.add_argument("--data", default="shapes",
+                   help="dataset: a registry name (shapes, digits, cifar10, cifar100, stl10, imagenette, "
+                        "tiny-imagenet, imagefolder, coco, voc2012, places365) or a path to an image folder")
+    d.add_argument("--data-root", default=None, help="where datasets live (default: $SSL_DATA if set, else ./data)")
+    d.add_argument("--image-size", type=int, default=None,
+                   help="input size (default: the checkpoint's training image size)")
+    d.add_argument("--max-train", type=int, default=None,
+                   help="use at most N train images, evenly spaced over the split (smoke runs) (default: all)")
+    d.add_argument("--max-test", type=int, default=None,
+                   help="use at most N test images, evenly spaced over the split (smoke runs) (default: all)")
+
     r.add_argument("--out", default=None,
                    help="output folder for JSON and PNG (default: <checkpoint folder>/eval)")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                    help="where to run: auto = a CUDA GPU if visible, else Apple MPS, else the CPU")
-    c.add_argument("--image-size", type=int, default=None,
-                   help="input size (default: the checkpoint's training image size)")
-    r.add_argument("--batch-size", type=int, default=256, help="batch size for feature extraction")
+    r.add_argument("--batch-size", type=int, default=256,
+                   help="batch size of feature extraction (forward passes of the frozen backbone)")
     r.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0 = the main process)")
     r.add_argument("--seed", type=int, default=0,
                    help="seed of the evaluation's randomness (subsets, heads, t-SNE) and of torch")
-    c.add_argument("--max-train", type=int, default=None,
-                   help="use at most N train images (evenly spaced over the split; smoke runs)")
-    c.add_argument("--max-test", type=int, default=None,
-                   help="use at most N test images (evenly spaced over the split; smoke runs)")
     r.add_argument("--cache-dir", default=None,
-                   help="feature cache folder (default: <out>/features)")
-    c.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+                   help="feature cache folder, shared by the scripts run on one checkpoint (default: <out>/features)")
     return p
+
+
+def parse_cli(script: str, add_arguments, argv=None, description: str = "", multi_checkpoint: bool = False,
+              raw_pixels: bool = False) -> argparse.Namespace:
+    """The shared options plus the script's (`add_arguments(parser)`), parsed and checked. Nothing
+    here imports torch, so --help and option errors come back at once."""
+    parser = base_parser(description, multi_checkpoint, script, raw_pixels)
+    add_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def checkpoint_argument(value: str) -> str:
     """--checkpoint: a path, or the name of released weights → the path of their downloaded file
     (so that the feature cache and the output folder see a file)."""
-    from common.pretrained import RELEASED, PretrainedError, fetch
-
-    if value not in RELEASED:
+    if value not in RELEASED:  # a path: no torch needed to tell
         return value
+    from common.pretrained import PretrainedError, fetch
+
     try:
         return str(fetch(value))
     except PretrainedError as e:
@@ -137,8 +187,6 @@ def default_image_size(ckpt: dict) -> int:
 
 
 def out_dir(args, checkpoint) -> Path:
-    from common.options import output_problem
-
     first = checkpoint[0] if isinstance(checkpoint, (list, tuple)) else checkpoint
     out = Path(args.out) if args.out else Path(first).resolve().parent / "eval"
     problem = output_problem(out)
@@ -152,9 +200,12 @@ def cache_dir(args, out: Path) -> Path:
     return Path(args.cache_dir) if args.cache_dir else out / "features"
 
 
+RAW_PIXELS = {"method": "raw_pixels", "arch": "pixels"}  # what the JSON says was judged with --raw-pixels
+
+
 def checkpoint_info(path, ckpt: dict) -> dict:
     """What the JSON says about the network it judged."""
-    return {"checkpoint": str(path), "method": ckpt.get("method"), "arch": ckpt.get("arch"),
+    return {"checkpoint": None if path is None else str(path), "method": ckpt.get("method"), "arch": ckpt.get("arch"),
             "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
             "backbone_kwargs": ckpt.get("backbone_kwargs"),
             **({"loaded": ckpt["source"]} if ckpt.get("source") else {})}  # released weights: what was taken
@@ -166,6 +217,8 @@ def data_info(args, image_size: int) -> dict:
 
 
 def environment() -> dict:
+    import torch
+
     return {"torch": torch.__version__, "python": platform.python_version()}
 
 

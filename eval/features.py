@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.augment import as_input
+from common.augment import as_input, eval_transform
 from common.checkpoint import atomic_save
 
 
@@ -62,6 +63,25 @@ def extract_features(backbone, dataset, indices, transform, batch_size=256, work
     return torch.cat(feats), torch.cat(labels)
 
 
+def raw_pixel_features(train_set, test_set, train_idx, test_idx, image_size: int, batch_size=256, workers=0,
+                       device="cpu"):
+    """(train features, train labels, test features, test labels) of the raw-pixels baseline: the eval
+    view (resize + centre crop to `image_size`) flattened, each colour channel standardised with the
+    mean / std of the train images' pixels, so that no channel's brightness dominates the cosine.
+    No network and no cache: a pass over the images costs less than reading a cache entry's key."""
+    transform = eval_transform(image_size)
+    args = (transform, batch_size, workers, device)
+    train, train_y = extract_features(nn.Identity(), train_set, train_idx, *args)
+    test, test_y = extract_features(nn.Identity(), test_set, test_idx, *args)
+    if train.shape[0] == 0:
+        raise ValueError("raw-pixel features need at least one train image")
+    channels = train.shape[1]
+    per_channel = train.transpose(0, 1).reshape(channels, -1)
+    mean, std = per_channel.mean(1), per_channel.std(1, unbiased=False).clamp_min(1e-6)
+    scale = lambda x: ((x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).flatten(1)  # noqa: E731
+    return scale(train), train_y, scale(test), test_y
+
+
 def checkpoint_identity(path) -> dict:
     path = Path(path).resolve()
     st = path.stat()
@@ -81,8 +101,6 @@ def cached_features(backbone, checkpoint_path, dataset, data: str, data_root, sp
                     cache_dir, indices=None, batch_size=256, workers=0, device="cpu"):
     """`extract_features` of the eval transform, read from / written to `cache_dir`.
     Returns (features, labels, hit) where `hit` says whether the cache answered."""
-    from common.augment import eval_transform
-
     indices = list(range(len(dataset))) if indices is None else list(indices)
     key = cache_key(checkpoint_path, data, data_root, split, image_size, indices)
     path = Path(cache_dir) / f"{Path(checkpoint_path).stem}-{split}-{key}.pt"

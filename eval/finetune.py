@@ -30,71 +30,58 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader
 
-from common.augment import CropFlip, LoadImage, as_input, eval_transform, working_size
-from common.backbones import build_backbone
-from common.loader import view_generator
-from common.optim import param_groups
-from common.runtime import amp_dtype, resolve_device, seed_everything
+from common.options import AMP_CHOICES
 from common.schedules import cosine_schedule
-from eval import cli
-from eval.features import Transformed, subset_indices
+from eval import cli  # torch-free, as eval.knn and eval.linear: torch is imported in main, after parsing
 from eval.knn import KNNMonitor, topk_accuracy
-from eval.linear import new_head, sample_label_fraction
+from eval.linear import sample_label_fraction
 
 
-class Classifier(nn.Module):
-    """Backbone + linear head on its features."""
+def evaluate(model, loader, device, autocast) -> dict[int, float]:
+    import torch
 
-    def __init__(self, backbone: nn.Module, num_classes: int):
-        super().__init__()
-        self.backbone = backbone
-        self.head = new_head(backbone.embed_dim, num_classes)
+    from common.augment import as_input
 
-    def forward(self, x):
-        return self.head(self.backbone(x))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device, autocast) -> dict[int, float]:
     model.eval()
     preds, labels = [], []
-    for images, y in loader:
-        with autocast():
-            logits = model(as_input(images.to(device)))
-        preds.append(logits.float().topk(min(5, logits.shape[1]), dim=1).indices.cpu())
-        labels.append(torch.as_tensor(y))
+    with torch.no_grad():
+        for images, y in loader:
+            with autocast():
+                logits = model(as_input(images.to(device)))
+            preds.append(logits.float().topk(min(5, logits.shape[1]), dim=1).indices.cpu())
+            labels.append(torch.as_tensor(y))
     return topk_accuracy(torch.cat(preds), torch.cat(labels))
 
 
-def main(argv=None) -> dict:
-    p = cli.base_parser("Fine-tune a checkpoint's backbone + linear head on a label fraction "
-                        "(or train the same architecture from scratch).")
-    p.add_argument("--label-fraction", type=float, default=0.2,
-                   help="fraction of labelled train images per class (0.2 in the Imagenette comparison)")
-    p.add_argument("--from-scratch", action="store_true",
+def add_arguments(parser: cli.EvalParser) -> None:
+    g, r = parser.group("evaluation"), parser.group("run")
+    g.add_argument("--label-fraction", type=float, default=0.2,
+                   help="fraction of labelled train images per class (the Imagenette comparison's)")
+    g.add_argument("--from-scratch", action="store_true",
                    help="random initialisation of the same architecture (supervised baseline)")
-    p.add_argument("--epochs", type=int, default=50, help="training epochs (Imagenette comparison: 50)")
-    p.add_argument("--lr", type=float, default=5e-4,
+    g.add_argument("--epochs", type=int, default=50, help="training epochs (the Imagenette comparison's)")
+    g.add_argument("--lr", type=float, default=5e-4,
                    help="AdamW peak learning rate (Imagenette comparison: 1e-3 / 1e-4)")
-    p.add_argument("--min-lr", type=float, default=1e-6, help="cosine schedule's final learning rate")
-    p.add_argument("--warmup-epochs", type=float, default=2, help="linear warm-up epochs")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (Imagenette comparison: 1e-4)")
-    p.add_argument("--train-batch-size", type=int, default=64, help="training batch size")
-    p.add_argument("--crop-scale", type=float, default=0.25, help="smallest random-resized-crop area")
-    p.add_argument("--eval-every", type=int, default=1, help="test accuracy every N epochs (the curve)")
-    p.add_argument("--knn-every", type=int, default=0,
+    g.add_argument("--min-lr", type=float, default=1e-6, help="cosine schedule's final learning rate")
+    g.add_argument("--warmup-epochs", type=float, default=2, help="linear warm-up epochs")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (the Imagenette comparison's)")
+    g.add_argument("--train-batch-size", type=int, default=64, help="training batch size")
+    g.add_argument("--crop-scale", type=float, default=0.25, help="smallest random-resized-crop area")
+    g.add_argument("--eval-every", type=int, default=1, help="test accuracy every N epochs (the curve)")
+    g.add_argument("--knn-every", type=int, default=0,
                    help="kNN of the backbone every N epochs too (0: after the last epoch only; each costs a "
                         "forward pass over the train split)")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
-                   help="mixed precision (auto: bf16/fp16 on CUDA, off on CPU)")
-    p.add_argument("--name", default=None,
+    r.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                   help="mixed precision: auto = bf16 on GPUs that have it, fp16 on older GPUs, off on CPU")
+    r.add_argument("--name", default=None,
                    help="result name (default: finetune-<pretrained|scratch>-<label fraction>)")
-    args = p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = cli.parse_cli("finetune", add_arguments, argv,
+                         "Fine-tune a checkpoint's backbone + linear head on a label fraction "
+                         "(or train the same architecture from scratch).")
     cli.check_positive(args, "batch_size", "max_train", "max_test", "image_size", "epochs", "train_batch_size",
                        "eval_every")
     if not 0 < args.label_fraction <= 1:
@@ -103,6 +90,17 @@ def main(argv=None) -> dict:
         raise SystemExit("error: --crop-scale must be in (0, 1]")
     if args.knn_every < 0:
         raise SystemExit("error: --knn-every must be >= 0 (0: kNN after the last epoch only)")
+    import torch  # torch loads only now: --help and option errors never wait for it
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from common.augment import CropFlip, LoadImage, eval_transform, working_size
+    from common.backbones import build_backbone
+    from common.loader import view_generator
+    from common.optim import param_groups
+    from common.runtime import amp_dtype, resolve_device, seed_everything
+    from eval.features import Transformed, subset_indices
+    from eval.heads import Classifier
 
     device = resolve_device(args.device)
     backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)

@@ -36,18 +36,17 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
 import numpy as np
-import torch
 
-from common.backbones import build_backbone
-from common.datasets import voc2012_class_masks
-from common.runtime import resolve_device
-from eval import cli
+from eval import cli  # torch-free, as eval.attention: torch is imported inside the functions, after parsing
 from eval.attention import MASS, cls_attention, head_masks, keep_overlay, prepare_image, require_vit, upsample
-from eval.features import subset_indices
+
+if TYPE_CHECKING:
+    import torch
 
 VOID = 255
 COCO_THINGS = range(1, 91)  # COCO panoptic category ids: things 1-90, stuff 92-200
@@ -57,6 +56,8 @@ VOID_MODES = ("count", "ignore")
 def ground_truth(mask: np.ndarray, thing_ids=None) -> tuple[torch.Tensor | None, str | None]:
     """(H × W ground truth, None) or (None, why the image is skipped). `thing_ids`: keep only these
     ids as objects (COCO things), every other id becomes background."""
+    import torch
+
     gt = torch.as_tensor(np.asarray(mask), dtype=torch.long)
     if bool((gt == VOID).all()):
         return None, "no_mask"  # the registry's mask for an image without a mask file
@@ -68,6 +69,8 @@ def ground_truth(mask: np.ndarray, thing_ids=None) -> tuple[torch.Tensor | None,
 def jaccard(pred: torch.Tensor, target: torch.Tensor, void: torch.Tensor | None = None) -> torch.Tensor:
     """|pred ∩ target| / |pred ∪ target| over the last two dims, void pixels excluded from both;
     `pred` may carry leading dims (e.g. heads). An empty union scores 1 (both agree: nothing)."""
+    import torch
+
     valid = torch.ones_like(target, dtype=torch.bool) if void is None else ~void
     inter = (pred & target & valid).flatten(-2).sum(-1).float()
     union = ((pred | target) & valid).flatten(-2).sum(-1).float()
@@ -76,7 +79,7 @@ def jaccard(pred: torch.Tensor, target: torch.Tensor, void: torch.Tensor | None 
 
 def objects(gt: torch.Tensor) -> list[int]:
     """Ground-truth ids other than background (0) and void (255)."""
-    return [int(o) for o in torch.unique(gt) if o not in (0, VOID)]
+    return [int(o) for o in gt.unique() if o not in (0, VOID)]
 
 
 def best_head_jaccard(masks: torch.Tensor, gt: torch.Tensor, void_mode: str = "count"
@@ -85,6 +88,8 @@ def best_head_jaccard(masks: torch.Tensor, gt: torch.Tensor, void_mode: str = "c
     the objects × heads table of Jaccards. (None, None) when the image has no object. `void_mode`
     "count" is the snippet's `union = (masko + th_attn) > 0`: void is not the object, so predicted
     void pixels are in the union; "ignore" leaves void out of both."""
+    import torch
+
     ids = objects(gt)
     if not ids:
         return None, None
@@ -131,6 +136,8 @@ def image_scores(attn: torch.Tensor, gt: torch.Tensor, mass: float = MASS, void_
 
 def aggregate(per_image: list[dict]) -> dict:
     """Mean over images (percent); per head: mean over all objects of all images."""
+    import torch
+
     n = len(per_image)
     if n == 0:
         return {"dino_best_head": math.nan, "n_images": 0}
@@ -155,10 +162,10 @@ def thing_names(ds) -> dict[int, str]:
     return {i: name for i, name in (getattr(ds, "mask_classes", None) or {}).items() if i in COCO_THINGS}
 
 
-@torch.no_grad()
 def evaluate(backbone, ds, indices, image_size: int, device, mass: float = MASS, keep: int = 0,
              void_mode: str = "count"):
-    """(aggregate scores, {reason: images skipped}, first `keep` examples)."""
+    """(aggregate scores, {reason: images skipped}, first `keep` examples). No gradients: the
+    network runs in cls_attention's no_grad."""
     per_image, skipped, examples = [], {"no_mask": 0, "no_object": 0}, []
     things = thing_ids(ds)
     for i in indices:
@@ -175,24 +182,36 @@ def evaluate(backbone, ds, indices, image_size: int, device, mass: float = MASS,
     return aggregate(per_image), skipped, examples
 
 
-def main(argv=None) -> dict:
-    p = cli.base_parser("Jaccard index of a ViT's 60 % attention-mass masks against ground-truth masks.")
-    p.add_argument("--split", default="test", help="split with masks (voc2012: val)")
-    p.add_argument("--max-images", type=int, default=None, help="use at most N images (evenly spaced)")
-    p.add_argument("--mass", type=float, default=MASS, help="attention mass kept per head (DINO: 0.6)")
-    p.add_argument("--random-init-baseline", action="store_true",
-                   help="also score a randomly initialised ViT with the same kwargs (seeded by --seed)")
-    p.add_argument("--num-examples", type=int, default=4, help="images shown in the figure")
-    p.add_argument("--void", choices=VOID_MODES, default="count",
+def add_arguments(parser: cli.EvalParser) -> None:
+    d, g = parser.group("data"), parser.group("evaluation")
+    d.add_argument("--split", default="test", help="split with masks (voc2012: val)")
+    d.add_argument("--max-images", type=int, default=None,
+                   help="use at most N images, evenly spaced over the split (default: all)")
+    d.add_argument("--voc-masks", choices=("object", "class"), default="object",
+                   help="voc2012: SegmentationObject (one id per instance, the paper) or SegmentationClass")
+    g.add_argument("--mass", type=float, default=MASS,
+                   help="share of the attention mass each head's mask keeps (DINO's)")
+    g.add_argument("--void", choices=VOID_MODES, default="count",
                    help="void pixels (255): 'count' as the published snippet (dino issue #54: a mask covering "
                         "void pays for it in the union), 'ignore' = out of intersection and union; the best-head "
                         "score is reported both ways")
-    p.add_argument("--voc-masks", choices=("object", "class"), default="object",
-                   help="voc2012: SegmentationObject (one id per instance, the paper) or SegmentationClass")
-    args = p.parse_args(argv)
+    g.add_argument("--random-init-baseline", action="store_true",
+                   help="also score a randomly initialised ViT with the same kwargs (seeded by --seed)")
+    g.add_argument("--num-examples", type=int, default=4, help="images shown in the figure")
+
+
+def main(argv=None) -> dict:
+    args = cli.parse_cli("jaccard", add_arguments, argv,
+                         "Jaccard index of a ViT's 60 % attention-mass masks against ground-truth masks.")
     cli.check_positive(args, "max_images", "image_size")
     if not 0 < args.mass <= 1:
         raise SystemExit("error: --mass must be in (0, 1]")
+    import torch  # torch loads only now: --help and option errors never wait for it
+
+    from common.backbones import build_backbone
+    from common.datasets import voc2012_class_masks
+    from common.runtime import resolve_device
+    from eval.features import subset_indices
 
     device = resolve_device(args.device)
     backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)

@@ -7,6 +7,7 @@ The class scores are sorted: top-1 is the best class, top-5 whether the label is
 best. Queries are processed in chunks, so memory is O(chunk × train), whatever the dataset size.
 
     python eval/knn.py --checkpoint runs/dino/shapes-vit_tiny/checkpoint.pt --data shapes
+    python eval/knn.py --raw-pixels --image-size 16 --data shapes --out runs/baselines/pixels16/knn
 """
 
 from __future__ import annotations
@@ -16,22 +17,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
-import torch
-import torch.nn.functional as F
-
-from common.augment import eval_transform
-from common.runtime import resolve_device
-from eval import cli
-from eval.features import cached_features, extract_features, subset_indices
+from eval import cli  # torch-free: torch is imported inside the functions, after parsing
 
 KS = (10, 20, 100, 200)  # DINO reports k = 20 (headline) and k = 200
 TEMPERATURE = 0.07
+RAW_PIXELS_FEATURES = "raw pixels: the eval view flattened, each channel standardised with the train images' pixels"
 
 
 def class_votes(train_feats, train_labels, test_feats, k: int, T: float = TEMPERATURE,
                 num_classes: int | None = None, chunk_size: int = 1024):
     """Yield, per chunk of queries, the Q × C class scores: the sum over the k nearest train
     features of exp(cosine / T) per class. `k` is clamped to the number of train features."""
+    import torch
+    import torch.nn.functional as F
+
     if train_feats.shape[0] == 0:
         raise ValueError("k-NN needs at least one train feature")
     if num_classes is None:
@@ -49,6 +48,8 @@ def class_votes(train_feats, train_labels, test_feats, k: int, T: float = TEMPER
 def knn_classify(train_feats, train_labels, test_feats, k: int, T: float = TEMPERATURE,
                  num_classes: int | None = None, chunk_size: int = 1024):
     """(predictions Q × C: classes sorted by score, best first; scores Q × C, see class_votes)."""
+    import torch
+
     scores = list(class_votes(train_feats, train_labels, test_feats, k, T, num_classes, chunk_size))
     if not scores:
         c = num_classes or int(train_labels.max()) + 1
@@ -92,6 +93,11 @@ class KNNMonitor:
 
     def __init__(self, bank_set, query_set, image_size, batch_size=256, workers=0, device="cpu",
                  k=20, T=TEMPERATURE, max_bank=None, max_query=None):
+        import torch
+
+        from common.augment import eval_transform
+        from eval.features import subset_indices
+
         self.bank_set, self.query_set = bank_set, query_set
         self.bank_idx = subset_indices(len(bank_set), max_bank)
         self.query_idx = subset_indices(len(query_set), max_query)
@@ -100,6 +106,8 @@ class KNNMonitor:
         self.k, self.T = k, T
 
     def __call__(self, backbone) -> dict[str, float]:
+        from eval.features import extract_features
+
         # extract_features puts the backbone in eval mode and restores its mode afterwards.
         args = (self.transform, self.batch_size, self.workers, self.device)
         bank, bank_labels = extract_features(backbone, self.bank_set, self.bank_idx, *args)
@@ -113,22 +121,30 @@ class KNNMonitor:
         return {"knn_top1": top1, "knn_top5": top5, "knn_queries": int(query.shape[0])}  # figures state it
 
 
+def add_arguments(parser: cli.EvalParser) -> None:
+    d, g = parser.group("data"), parser.group("evaluation")
+    d.add_argument("--train-split", default="train", help="split whose labelled images are the bank (the neighbours)")
+    d.add_argument("--test-split", default="test", help="split whose images are the queries")
+    g.add_argument("--k", type=int, nargs="+", default=list(KS),
+                   help="numbers of neighbours, one result each (DINO's; the result at k = 20 is the headline)")
+    g.add_argument("--temperature", type=float, default=TEMPERATURE, help="T of the vote weight exp(sim / T) (DINO's)")
+
+
 def main(argv=None) -> dict:
-    p = cli.base_parser("Weighted k-NN accuracy of a checkpoint's frozen features (DINO protocol).")
-    p.add_argument("--k", type=int, nargs="+", default=list(KS),
-                   help="numbers of neighbours (DINO: 10 20 100 200; 20 is the headline)")
-    p.add_argument("--temperature", type=float, default=TEMPERATURE,
-                   help="vote weight exp(sim / T) (DINO: 0.07)")
-    p.add_argument("--train-split", default="train", help="the bank")
-    p.add_argument("--test-split", default="test", help="the queries")
-    args = p.parse_args(argv)
+    args = cli.parse_cli("knn", add_arguments, argv,
+                         "Weighted k-NN accuracy of a checkpoint's frozen features (DINO protocol).", raw_pixels=True)
     cli.check_positive(args, "batch_size", "max_train", "max_test", "image_size")
     if min(args.k) < 1 or args.temperature <= 0:
         raise SystemExit("error: --k must be >= 1 and --temperature > 0")
+    from common.runtime import resolve_device  # torch loads only now: --help and option errors never wait for it
+    from eval.features import cached_features, raw_pixel_features, subset_indices
 
     device = resolve_device(args.device)
-    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
-    image_size = args.image_size or cli.default_image_size(ckpt)
+    if args.raw_pixels:
+        backbone, ckpt, image_size = None, cli.RAW_PIXELS, args.image_size
+    else:
+        backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
+        image_size = args.image_size or cli.default_image_size(ckpt)
     out = cli.out_dir(args, args.checkpoint)
     train_set = cli.open_dataset(args.data, args.data_root, args.train_split, need_labels=True)
     test_set = cli.open_dataset(args.data, args.data_root, args.test_split, need_labels=True)
@@ -139,8 +155,13 @@ def main(argv=None) -> dict:
                                   args.batch_size, args.workers, device)
         return f, y
 
-    train_f, train_y = features(train_set, args.train_split, args.max_train)
-    test_f, test_y = features(test_set, args.test_split, args.max_test)
+    if args.raw_pixels:
+        train_f, train_y, test_f, test_y = raw_pixel_features(
+            train_set, test_set, subset_indices(len(train_set), args.max_train),
+            subset_indices(len(test_set), args.max_test), image_size, args.batch_size, args.workers, device)
+    else:
+        train_f, train_y = features(train_set, args.train_split, args.max_train)
+        test_f, test_y = features(test_set, args.test_split, args.max_test)
     train_f, train_y = train_f[train_y >= 0], train_y[train_y >= 0]
     test_f, test_y = test_f[test_y >= 0], test_y[test_y >= 0]
     num_classes = _num_classes(train_set, train_y, test_y)
@@ -154,7 +175,8 @@ def main(argv=None) -> dict:
     fig_path = _plot(results, out / "knn.png", ckpt, args.data)
     return cli.emit({
         "eval": "knn", **cli.checkpoint_info(args.checkpoint, ckpt), **cli.data_info(args, image_size),
-        "protocol": {"features": "backbone output, L2-normalised", "similarity": "cosine",
+        "protocol": {"features": (RAW_PIXELS_FEATURES if args.raw_pixels else "backbone output") + ", L2-normalised",
+                     "similarity": "cosine",
                      "vote_weight": "exp(sim / T)", "T": args.temperature, "k": args.k,
                      "headline_k": headline, "bank": f"{args.train_split} split",
                      "queries": f"{args.test_split} split",

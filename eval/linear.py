@@ -37,22 +37,19 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader
-from torchvision.transforms import v2
 
-from common.augment import MEAN, STD, eval_transform
-from common.runtime import resolve_device
 from common.schedules import cosine_schedule
-from eval import cli
-from eval.features import Transformed, cached_features, extract_features, subset_indices
-from eval.knn import topk_accuracy
+from eval import cli  # torch-free, as eval.knn: torch is imported inside the functions, after parsing
+from eval.knn import RAW_PIXELS_FEATURES, topk_accuracy
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 WEIGHT_DECAY_GRID = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
 HELDOUT_FRACTION = 0.2
@@ -91,18 +88,16 @@ def standardise(train: torch.Tensor, *others: torch.Tensor):
     return (mean, std), [(x - mean) / std for x in (train, *others)]
 
 
-def new_head(dim: int, num_classes: int) -> nn.Linear:
-    head = nn.Linear(dim, num_classes)
-    nn.init.normal_(head.weight, std=0.01)
-    nn.init.zeros_(head.bias)
-    return head
-
-
 def train_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int = 100, lr: float = 0.1,
                 weight_decay: float = 0.0, batch_size: int = 256, momentum: float = 0.9, seed: int = 0,
                 on_epoch=None) -> nn.Linear:
     """Multinomial logistic regression on (standardised) features by SGD + cosine schedule.
     `on_epoch(epoch, mean_loss, head)` is called after every epoch."""
+    import torch
+    import torch.nn.functional as F
+
+    from eval.heads import new_head
+
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     head = new_head(x.shape[1], num_classes).to(x.device)
@@ -133,6 +128,15 @@ def train_probe_augmented(backbone, dataset, indices, image_size: int, mean, std
                           epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int,
                           workers: int, device, crop_scale: float = 0.08, on_epoch=None) -> nn.Linear:
     """The probe trained on random-resized crops and flips through the frozen backbone."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from torchvision.transforms import v2
+
+    from common.augment import MEAN, STD
+    from eval.features import Transformed
+    from eval.heads import new_head
+
     transform = v2.Compose([
         v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), interpolation=v2.InterpolationMode.BICUBIC,
                              antialias=True),
@@ -168,15 +172,19 @@ def train_probe_augmented(backbone, dataset, indices, image_size: int, mean, std
     return head
 
 
-@torch.no_grad()
 def evaluate(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[int, float]:
     """{1: top-1, 5: top-5} in percent."""
-    preds = head(x).topk(min(5, head.out_features), dim=1).indices
+    import torch
+
+    with torch.no_grad():
+        preds = head(x).topk(min(5, head.out_features), dim=1).indices
     return topk_accuracy(preds, y)
 
 
 def choose_weight_decay(x, y, num_classes, epochs, lr, batch_size, seed):
     """(weight decay, how it was chosen, held-out top-1 per grid value)."""
+    import torch
+
     split = heldout_split(y.cpu().numpy(), HELDOUT_FRACTION, seed)
     if split is None:
         return 0.0, "fixed at 0: some class has fewer than 2 labelled images, no held-out part", {}
@@ -190,28 +198,6 @@ def choose_weight_decay(x, y, num_classes, epochs, lr, batch_size, seed):
                  f"features over {list(WEIGHT_DECAY_GRID)}", {str(k): v for k, v in scores.items()}
 
 
-class DINOLinearFeatures(nn.Module):
-    """eval_linear.py's features of a frozen backbone: a ViT's CLS tokens of the last
-    `n_last_blocks` blocks concatenated, with `avgpool` the last block's mean patch token beside it
-    (interleaved by the official `cat(dim=-1).reshape`); a ResNet's pooled features."""
-
-    def __init__(self, backbone: nn.Module, n_last_blocks: int = 4, avgpool: bool = False):
-        super().__init__()
-        self.backbone, self.n_last_blocks, self.avgpool = backbone, n_last_blocks, avgpool
-        self.vit = hasattr(backbone, "get_intermediate_layers")
-        self.embed_dim = backbone.embed_dim * ((n_last_blocks + avgpool) if self.vit else 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.vit:
-            return self.backbone(x)
-        tokens = self.backbone.get_intermediate_layers(x, self.n_last_blocks)
-        out = torch.cat([t[:, 0] for t in tokens], dim=-1)
-        if self.avgpool:
-            out = torch.cat((out.unsqueeze(-1), tokens[-1][:, 1:].mean(1).unsqueeze(-1)), dim=-1)
-            out = out.reshape(out.shape[0], -1)
-        return out
-
-
 def dino_blocks(arch: str) -> tuple[int, bool]:
     """(n_last_blocks, avgpool_patchtokens) of DINO's linear protocol: ViT-B 1 + avgpool, else 4."""
     return (1, True) if arch == "vit_base" else (4, False)
@@ -222,6 +208,15 @@ def train_probe_dino(features: nn.Module, dataset, indices, image_size: int, num
                      on_epoch=None) -> nn.Linear:
     """eval_linear.py's training: random-resized crops + flips through the frozen network, SGD
     (momentum 0.9, no weight decay) with `lr` already scaled by batch/256, cosine per epoch."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from torchvision.transforms import v2
+
+    from common.augment import MEAN, STD
+    from eval.features import Transformed
+    from eval.heads import new_head
+
     transform = v2.Compose([v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True),
                             v2.RandomHorizontalFlip(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                             v2.Normalize(MEAN, STD)])
@@ -251,6 +246,10 @@ def train_probe_dino(features: nn.Module, dataset, indices, image_size: int, num
 
 def dino_protocol(args, backbone, ckpt, image_size: int, out, train_set, test_set, train_idx, device) -> dict:
     """`--protocol dino` (see the module docstring): results in the same JSON layout."""
+    from common.augment import eval_transform
+    from eval.features import extract_features, subset_indices
+    from eval.heads import DINOLinearFeatures
+
     n_last, avgpool = dino_blocks(ckpt.get("arch") or "")
     n_last = args.n_last_blocks or n_last
     avgpool = avgpool if args.avgpool_patchtokens is None else args.avgpool_patchtokens
@@ -312,31 +311,36 @@ def dino_protocol(args, backbone, ckpt, image_size: int, out, train_set, test_se
     }, out, name)
 
 
-def main(argv=None) -> dict:
-    p = cli.base_parser("Linear probe on a checkpoint's frozen features.")
-    p.add_argument("--protocol", choices=("fast", "dino"), default="fast",
+def add_arguments(parser: cli.EvalParser) -> None:
+    g = parser.group("evaluation")
+    g.add_argument("--protocol", choices=("fast", "dino"), default="fast",
                    help="fast: cached, standardised features (the report's probe); dino: DINO's eval_linear.py "
                         "(last-blocks CLS tokens, augmented training through the backbone, lr 0.001 x batch/256)")
-    p.add_argument("--n-last-blocks", type=int, default=None,
+    g.add_argument("--n-last-blocks", type=int, default=None,
                    help="--protocol dino: CLS tokens of this many last blocks (default: 4, ViT-B 1)")
-    p.add_argument("--avgpool-patchtokens", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--avgpool-patchtokens", action=argparse.BooleanOptionalAction, default=None,
                    help="--protocol dino: add the last block's mean patch token (default: on for ViT-B only)")
-    p.add_argument("--label-fraction", type=float, nargs="+", default=[1.0],
+    g.add_argument("--label-fraction", type=float, nargs="+", default=[1.0],
                    help="fraction(s) of labelled train images per class (e.g. 0.01 0.1 1; 0.2 in the comparison of "
                         "DINO on Imagenette with 20 %% labels against supervised from scratch)")
-    p.add_argument("--epochs", type=int, default=100, help="probe epochs (DINO: 100)")
-    p.add_argument("--lr", type=float, default=None,
+    g.add_argument("--epochs", type=int, default=100, help="probe epochs (DINO's)")
+    g.add_argument("--lr", type=float, default=None,
                    help="SGD learning rate, cosine to 0 (default: 0.1 on standardised features; --protocol dino: "
                         "0.001, scaled by --probe-batch-size/256)")
-    p.add_argument("--probe-batch-size", type=int, default=256, help="probe batch size (DINO: 256 per GPU)")
-    p.add_argument("--weight-decay", default="auto",
+    g.add_argument("--probe-batch-size", type=int, default=256, help="probe batch size (DINO's, per GPU)")
+    g.add_argument("--weight-decay", default="auto",
                    help="'auto' (grid on a held-out 20%% of the train features) or a number (DINO: 0)")
-    p.add_argument("--augment", action="store_true",
+    g.add_argument("--augment", action="store_true",
                    help="train through the frozen backbone on random-resized crops + flips (DINO)")
-    p.add_argument("--crop-scale", type=float, default=0.08,
-                   help="smallest random-resized-crop area with --augment (DINO / torchvision: 0.08)")
-    p.add_argument("--name", default=None, help="result name (default: linear or linear-augment)")
-    args = p.parse_args(argv)
+    g.add_argument("--crop-scale", type=float, default=0.08,
+                   help="smallest random-resized-crop area with --augment (DINO's and torchvision's)")
+    parser.group("run").add_argument("--name", default=None,
+                                     help="result name (default: linear, linear-augment or linear-dino)")
+
+
+def main(argv=None) -> dict:
+    args = cli.parse_cli("linear", add_arguments, argv, "Linear probe on a checkpoint's frozen features.",
+                         raw_pixels=True)
     cli.check_positive(args, "batch_size", "max_train", "max_test", "image_size", "epochs", "probe_batch_size",
                        "n_last_blocks")
     try:
@@ -347,10 +351,17 @@ def main(argv=None) -> dict:
         raise SystemExit("error: --label-fraction values must be in (0, 1], e.g. 0.01 0.1 1")
     if not 0 < args.crop_scale <= 1:
         raise SystemExit("error: --crop-scale must be in (0, 1]")
+    if args.raw_pixels and (args.augment or args.protocol == "dino"):  # both train through a network
+        raise SystemExit("error: --raw-pixels goes with the default --protocol fast, without --augment")
+    from common.runtime import resolve_device  # torch loads only now: --help and option errors never wait for it
+    from eval.features import cached_features, raw_pixel_features, subset_indices
 
     device = resolve_device(args.device)
-    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
-    image_size = args.image_size or cli.default_image_size(ckpt)
+    if args.raw_pixels:
+        backbone, ckpt, image_size = None, cli.RAW_PIXELS, args.image_size
+    else:
+        backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
+        image_size = args.image_size or cli.default_image_size(ckpt)
     out = cli.out_dir(args, args.checkpoint)
     name = args.name or ("linear-augment" if args.augment else "linear")
     train_set = cli.open_dataset(args.data, args.data_root, "train", need_labels=True)
@@ -365,8 +376,13 @@ def main(argv=None) -> dict:
                                   cli.cache_dir(args, out), idx, args.batch_size, args.workers, device)
         return f.to(device), y.to(device)
 
-    train_f, train_y = features(train_set, "train", train_idx)
-    test_f, test_y = features(test_set, "test", subset_indices(len(test_set), args.max_test))
+    if args.raw_pixels:
+        train_f, train_y, test_f, test_y = (t.to(device) for t in raw_pixel_features(
+            train_set, test_set, train_idx, subset_indices(len(test_set), args.max_test), image_size,
+            args.batch_size, args.workers, device))
+    else:
+        train_f, train_y = features(train_set, "train", train_idx)
+        test_f, test_y = features(test_set, "test", subset_indices(len(test_set), args.max_test))
     test_f, test_y = test_f[test_y >= 0], test_y[test_y >= 0]
     num_classes = max(len(train_set.classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
 
@@ -405,7 +421,8 @@ def main(argv=None) -> dict:
     return cli.emit({
         "eval": "linear", **cli.checkpoint_info(args.checkpoint, ckpt), **cli.data_info(args, image_size),
         "protocol": {"name": "fast",
-                     "features": "backbone output of the eval transform, standardised with train statistics",
+                     "features": (RAW_PIXELS_FEATURES if args.raw_pixels else "backbone output of the eval transform")
+                     + ", standardised with train statistics",
                      "classifier": "nn.Linear, cross-entropy", "optimizer": "SGD, momentum 0.9",
                      "lr": args.lr, "lr_schedule": "cosine to 0, no warm-up", "epochs": args.epochs,
                      "batch_size": args.probe_batch_size, "weight_decay": args.weight_decay,

@@ -41,6 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
+from common import recipes  # noqa: E402  (torch-free: the cpu profile's training options)
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("dino", "byol", "barlow_twins", "dino_twins", "jigsaw", "colorization")
 PROFILES = ("smoke", "cpu", "gpu")
@@ -50,18 +52,13 @@ PROFILES = ("smoke", "cpu", "gpu")
 # the method's train.py (or the eval script) documents in its --help.
 #
 # smoke: proves the whole pipeline on CPU in about two minutes (tests): 16 px, 64 images, 1 epoch.
-# cpu:   the whole protocol on the embedded `shapes` data (1000 of its 5000 training images, 500 of
-#        its test images) on a 2-core CPU in well under an hour for all six methods, two steps at a
-#        time with one thread each. Measured here (2-core AMD EPYC VM, torch 2.14, channels_last):
-#        ResNet-18 (small stem) does ~25 images/s forward+backward per core at 16 px and ~8 at 32 px,
-#        so each method gets ~5 CPU-minutes of training: 16 px, 4 epochs of 1000 images, batch 32
-#        (125 steps), the benchmark recipes' short-run settings (SGD + momentum for BYOL and Barlow
-#        Twins, EMA momentum 0.99, small heads). Jigsaw and Colorization need more pixels (tiles of a
-#        2x2 grid; ab maps at 1/4 resolution) and train at 32 px for 3 epochs. DINO and DINO-Twins use
-#        ViT-Tiny/4 (ArthurZucker/DeepLearningProject's ViT-T/4) so that attention maps and Jaccard exist.
-#        Budgets this small
-#        show the pipeline and its figures, not converged numbers (docs/report-cpu/REPORT.md has the
-#        wall time and results of a full run).
+# cpu:   the whole protocol on the embedded `shapes` data (all 5000 training and 1000 test images,
+#        32 px) on a 2-core CPU in about half an hour, two steps at a time with one thread each. Every
+#        method trains with its cpu recipe (common/recipes.py, also `train.py --recipe cpu`, where each
+#        setting's reason is written): the CPU-sized `cnn_tiny`, AdamW, small heads, strong colour
+#        jitter, 10-16 epochs. No ViT trains in this profile: `vit_mini` does
+#        ~30 img/s on a DINO multi-crop step here, too slow to learn in minutes, so the attention maps
+#        and Jaccard are in the gpu and smoke profiles only.
 # gpu:   the reference comparisons on a real dataset (the DINO-Twins CIFAR-10 table: Barlow Twins and
 #        DINO-Twins with ResNet-50, DINO-Twins' ViT-T/4 for DINO; sthalles/PyTorch-BYOL's STL-10 recipe; the
 #        pretext tasks of "Self-supervised learning in the 'wild'" at 64 px), 200 epochs, the paper batch
@@ -75,12 +72,19 @@ DATA = {  # profile: (training and evaluation data, data with segmentation masks
 COMMON_TRAIN = {  # options every method's train.py gets in the profile
     "smoke": "--image-size 16 --max-images 64 --epochs 1 --batch-size 32 --warmup-epochs 0 --workers 0 "
              "--log-every 1",
-    "cpu": "--image-size 16 --max-images 1000 --batch-size 32 --epochs 4 --warmup-epochs 1 --workers 0 "
-           "--log-every 10",
+    "cpu": f"{recipes.COMMON} --workers 0 --log-every 10",
     "gpu": "--image-size 32 --epochs 200 --workers 8 --download",
 }
 
-SGD = "--optimizer sgd --lr 0.12 --momentum 0.9 --weight-decay 5e-4"  # the benchmark recipes' short-run SGD
+TRAIN = {  # options every method's train.py gets in the profile
+    "smoke": "--image-size 16 --max-images 64 --epochs 1 --batch-size 32 --warmup-epochs 0 --workers 0 "
+             "--log-every 1",
+    "cpu": f"{recipes.COMMON} --workers 0 --log-every 10",
+    "gpu": "--image-size 32 --epochs 200 --workers 8 --download",
+}
+
+ADAMW = "--optimizer adamw --lr 4e-3"  # the cpu profile's optimiser (peak 2e-3 at batch 128)
+COLOUR = "--color-jitter 0.4 0.4 0.4 0.5 --gray-p 0.3"  # shapes' colours are random: remove them
 TRAIN = {  # profile → method → (backbone, the method's options on top of COMMON_TRAIN)
     "smoke": {
         "dino":         ("vit_tiny", "--patch-size 4 --out-dim 256 --local-crops-number 2"),
@@ -91,17 +95,7 @@ TRAIN = {  # profile → method → (backbone, the method's options on top of CO
         "jigsaw":       ("resnet18", "--num-permutations 24 --grid 2"),
         "colorization": ("resnet18", ""),
     },
-    "cpu": {
-        "dino":         ("vit_tiny", "--patch-size 4 --out-dim 2048 --local-crops-number 2 "
-                                     "--momentum-teacher 0.99"),
-        "byol":         ("resnet18", f"{SGD} --tau 0.99 --hidden-dim 1024 --out-dim 256"),
-        "barlow_twins": ("resnet18", f"{SGD} --lr-biases 0.12 --projector 1024-1024-1024"),
-        "dino_twins":   ("vit_tiny", "--patch-size 4 --out-dim 2048 --local-crops-number 2 "
-                                     "--momentum-teacher 0.99 --warmup-teacher-temp-epochs 0 "
-                                     "--bt-projector 1024-1024-1024"),
-        "jigsaw":       ("resnet18", "--image-size 32 --epochs 3 --grid 2 --num-permutations 24"),
-        "colorization": ("resnet18", "--image-size 32 --epochs 3"),
-    },
+    "cpu": {method: (recipes.ARCH, recipes.CPU[method]) for method in METHODS},
     "gpu": {
         "dino":         ("vit_tiny", "--patch-size 4 --batch-size 128 --out-dim 65536 --local-crops-number 6"),
         "byol":         ("resnet50", "--batch-size 256 --optimizer sgd --lr 0.12 --momentum 0.9 "
@@ -118,8 +112,7 @@ EVAL = {  # profile → evaluation → options ("*": every evaluation script)
               "linear": "--epochs 5 --weight-decay 0", "finetune": "--epochs 1 --warmup-epochs 0",
               "attention": "--num-images 2", "jaccard": "--max-images 8 --num-examples 2",
               "retrieval": "--num-queries 3"},
-    "cpu": {"*": "--max-train 1000 --max-test 500 --batch-size 256",
-            "linear": "--epochs 100", "finetune": "--epochs 5 --warmup-epochs 1",
+    "cpu": {"*": "--batch-size 256", "linear": "--epochs 100", "finetune": "--epochs 15 --warmup-epochs 1 --lr 2e-3",
             "tsne": "--max-test 500", "attention": "--num-images 4", "jaccard": "--max-images 200"},
     "gpu": {"*": "--batch-size 512 --workers 8", "linear": "--epochs 100", "finetune": "--epochs 50",
             "tsne": "--max-test 2000", "jaccard": "--max-images 1000"},
@@ -194,6 +187,11 @@ def _extra(extras: list[tuple[str | None, str, str]], method: str | None, kind: 
     return [a for m, k, opts in extras if k == kind and m in (None, method) for a in _split(opts)]
 
 
+def _value(args: list[str], flag: str) -> str | None:
+    """The value of `flag` in a merged option list (each option appears once), None when absent."""
+    return args[args.index(flag) + 1] if flag in args[:-1] else None
+
+
 def plan(cfg) -> list[Step]:
     """Every step of the profile for the chosen methods and seeds, in the order they run."""
     data, mask_data = DATA[cfg.profile]
@@ -205,15 +203,17 @@ def plan(cfg) -> list[Step]:
     device = ["--device", cfg.device]
     ev = EVAL[cfg.profile]
 
-    def eval_args(kind, method, checkpoint, out, eval_on=eval_data):
+    def eval_args(kind, method, checkpoint, out, eval_on=eval_data, pixels=None):
         sized = "finetune" if kind == "scratch" else kind  # the baseline trains exactly as the fine-tuning
         cache = ["--cache-dir", str(out.parent / "features")] if kind in ("knn", "linear", "retrieval", "tsne") else []
         ckpt = [] if checkpoint is None else ["--checkpoint", str(checkpoint)]
+        if pixels is not None:  # the raw-pixels baseline: no network, nothing to cache
+            ckpt, cache = ["--raw-pixels", "--image-size", pixels], []
         return merge([*ckpt, "--data", eval_on, *root, "--out", str(out), *device, "--seed", str(method[1]), *cache],
                      _split(ev.get("*", "")), _split(ev.get(sized, "")), _split(PROTOCOL[kind]),
                      _extra(cfg.extra, method[0], kind))
 
-    steps, first_run_of = [], {}
+    steps, first_run_of, sizes = [], {}, {}
     for seed in cfg.seeds:
         for method in cfg.methods:
             arch, options = TRAIN[cfg.profile][method]
@@ -238,6 +238,10 @@ def plan(cfg) -> list[Step]:
                 if kind in ("linear", "retrieval"):
                     # they read the features kNN extracts into the shared cache: one writer at a time
                     step.after = [f"{method}/s{seed}/knn"]
+                if kind == "knn":  # the size its kNN sees: an eval --image-size, else the training's
+                    size = _value(step.args, "--image-size") or _value(train.args, "--image-size")
+                    if size is not None:  # unknown only if no table names it: then no raw-pixels row for it
+                        sizes.setdefault(size, None)
                 steps.append(step)
         # Baselines per backbone: the first run's initialisation snapshot (epoch 0, before any
         # update) is the random network; the supervised run only takes its architecture from it.
@@ -254,6 +258,14 @@ def plan(cfg) -> list[Step]:
                 steps.append(Step(f"baselines/{arch}/s{seed}/{kind}", row, kind, seed, SCRIPTS[kind],
                                   eval_args(kind, ("baselines", seed), checkpoint, out), out, needs=needs,
                                   after=[f"baselines/{arch}/s{seed}/knn"] if kind == "linear" else []))
+        # The baseline that needs no training: the pixels themselves, at each image size a method's
+        # kNN sees (the report sets each method beside the one of its own size).
+        for size in sizes:
+            base = cfg.runs / "baselines" / f"{cfg.profile}-{tag}-pixels{size}-s{seed}"
+            for kind in ("knn", "linear"):
+                out = base / kind
+                steps.append(Step(f"baselines/pixels{size}/s{seed}/{kind}", "raw pixels", kind, seed, SCRIPTS[kind],
+                                  eval_args(kind, ("baselines", seed), None, out, pixels=size), out))
     return steps
 
 
@@ -581,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "interruption.",
         epilog="profiles (tables in eval/pipeline.py):\n"
                "  smoke  whole pipeline in minutes on CPU (tests): 16 px, 64 images, 1 epoch\n"
-               "  cpu    every protocol and figure on `shapes` on a 2-core CPU (docs/report-cpu: 40 minutes)\n"
+               "  cpu    every protocol and figure on `shapes` on a 2-core CPU (docs/report-cpu: 32 minutes)\n"
                "  gpu    the reference settings on CIFAR-10 (ResNet-50 / ViT-T/4, 200 epochs), one GPU\n"
                "exit code: 0 all steps succeeded, 1 a step failed / was blocked / is missing, 130 interrupted")
     p.add_argument("--profile", choices=PROFILES, default=None, help="default: gpu with a GPU, cpu without")

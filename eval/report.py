@@ -2,10 +2,13 @@
 
 Reads the pipeline's manifest (`<out>/pipeline.json`: every step, its command, status and marker)
 and, for each step, its result JSON (the evaluation scripts' output) and the run directories
-(`config.json`, `metrics.jsonl`, the figures the methods draw). Writes `<out>/REPORT.md` and
-`<out>/figures/`: the results table (mean ± std over seeds), the training and collapse curves of
-all methods on shared axes, and copies of every evaluation and method figure. Anything that did
-not run is listed in "Not run" with the reason, never dropped.
+(`config.json`, `metrics.jsonl`, the figures the methods draw). Writes `<out>/results.json` first:
+one record per (method, backbone, seed) and per baseline (random init and supervised per backbone,
+raw pixels per image size), every number with the test count n it was measured on. Then
+`<out>/REPORT.md`, rendered from it, and `<out>/figures/`: the Reading (each method's kNN against its
+baselines with 95 % binomial noise, and a verdict), the results table (mean ± std over seeds), the
+training and collapse curves of all methods on shared axes, and copies of every evaluation and
+method figure. Anything that did not run is listed in "Not run" with the reason, never dropped.
 
     python eval/report.py --out reports          # re-assemble from reports/pipeline.json
 """
@@ -26,16 +29,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 METHOD_ORDER = ("dino", "byol", "barlow_twins", "dino_twins", "jigsaw", "colorization")
 TITLES = {"dino": "DINO", "byol": "BYOL", "barlow_twins": "Barlow Twins", "dino_twins": "DINO-Twins",
           "jigsaw": "Jigsaw", "colorization": "Colorization"}
-# (column, evaluation, how to read the number from its JSON)
+# The fields of a results.json record: key → (evaluation, its value, the test queries it was measured
+# on), read from the evaluation's JSON; percent, as the scripts write them.
+FIELDS = {
+    "knn_top1": ("knn", lambda j: _get(j, "by_k", "20", "top1", default=j.get("top1")), lambda j: j.get("n_test")),
+    "linear_10": ("linear", lambda j: _get(j, "by_label_fraction", "0.1", "top1"), lambda j: j.get("n_test")),
+    "linear_100": ("linear", lambda j: _get(j, "by_label_fraction", "1", "top1"), lambda j: j.get("n_test")),
+    "finetune_20": ("finetune", lambda j: j.get("top1"), lambda j: j.get("n_test")),
+    "scratch_20": ("scratch", lambda j: j.get("top1"), lambda j: j.get("n_test")),
+    "retrieval_p5": ("retrieval", lambda j: j.get("precision_at_5"), lambda j: j.get("n_queries")),
+    "jaccard_best_head": ("jaccard", lambda j: j.get("jaccard"), lambda j: j.get("n_images")),
+    "tsne_silhouette_first": ("tsne", lambda j: _silhouette(j, 0), lambda j: _silhouette(j, 0, "n_points")),
+    "tsne_silhouette_last": ("tsne", lambda j: _silhouette(j, -1), lambda j: _silhouette(j, -1, "n_points")),
+}
+RECORD_KEYS = ("method", "backbone", "seed", "knn_top1", "linear_10", "linear_100", "finetune_20", "scratch_20",
+               "jaccard_best_head", "tsne_silhouette_first", "tsne_silhouette_last", "pretext")
+UNITS = ("percent: accuracies (knn_top1, linear_*, finetune_20, scratch_20), retrieval_p5, jaccard_best_head "
+         "and pretext values; tsne_silhouette_*: cosine silhouette of the classes, -1 to 1")
+# (column, record key): the Results table
 COLUMNS = (
-    ("kNN@20 top-1", "knn", lambda j: _get(j, "by_k", "20", "top1", default=j.get("top1"))),
-    ("linear 10 %", "linear", lambda j: _get(j, "by_label_fraction", "0.1", "top1")),
-    ("linear 100 %", "linear", lambda j: _get(j, "by_label_fraction", "1", "top1")),
-    ("fine-tune 20 %", "finetune", lambda j: j.get("top1")),
-    ("supervised from scratch 20 %", "scratch", lambda j: j.get("top1")),
-    ("retrieval P@5", "retrieval", lambda j: j.get("precision_at_5")),
-    ("Jaccard (best head)", "jaccard", lambda j: j.get("jaccard")),
+    ("kNN@20 top-1", "knn_top1"), ("linear 10 %", "linear_10"), ("linear 100 %", "linear_100"),
+    ("fine-tune 20 %", "finetune_20"), ("supervised from scratch 20 %", "scratch_20"),
+    ("retrieval P@5", "retrieval_p5"), ("Jaccard (best head)", "jaccard_best_head"),
 )
+ACCURACIES = ("knn_top1", "linear_10", "linear_100", "finetune_20", "scratch_20")  # binomial: the figure's bars
+# The pretext task's own score, from the run's metrics.jsonl: method → (metric, name, its chance level
+# from (config.json, the metrics row), what that chance level is)
+PRETEXT = {
+    "jigsaw": ("perm_acc", "permutation accuracy",
+               lambda cfg, row: 100 / n if (n := _get(cfg, "args", "num_permutations")) else None,
+               "chance: 1 / number of permutations"),
+    "colorization": ("ab_auc", "ab AUC",  # of the annealed-mean colours, error thresholds 0-150
+                     lambda cfg, row: row.get("val_ab_auc_gray"), "grey: the AUC of predicting no colour"),
+}
+Z95 = 1.96  # two-sided 95 % of a normal
 RUN_FIGURES = ("loss.png", "knn.png", "diagnostics.png")  # every run's, drawn by the engine
 COLLAPSE = re.compile(r"(std|entropy|^kl$|diag)")
 OK = ("ok", "done")
@@ -85,6 +112,81 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f} (n={len(values)})"
 
 
+def _number(value) -> float | None:
+    """A finite number, else None (results.json holds no NaN)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _silhouette(j: dict, index: int, field: str = "silhouette_cosine"):
+    checkpoints = j.get("checkpoints") or []
+    return checkpoints[index].get(field) if checkpoints else None
+
+
+def binomial_se(p: float, n: int | None) -> float | None:
+    """Standard error, in points, of an accuracy of p % measured on n test queries."""
+    if not n:
+        return None
+    q = min(max(p / 100, 0.0), 1.0)
+    return 100 * math.sqrt(q * (1 - q) / n)
+
+
+def summarise(records: list[dict], key: str) -> dict | None:
+    """Mean over the records (seeds) of one field, with its standard error: the binomial error of the
+    n test queries (the same queries for every seed, so more seeds do not shrink it) and, with
+    several seeds, the seed std of the mean (std / √seeds), added in quadrature. None without values."""
+    pairs = [(r[key], (r.get("n_test") or {}).get(key)) for r in records if _number(r.get(key)) is not None]
+    if not pairs:
+        return None
+    mean, std = mean_std([v for v, _ in pairs])
+    ns = [n for _, n in pairs if n]
+    n = min(ns) if ns else None
+    binomial = binomial_se(mean, n)
+    se = None if binomial is None else math.sqrt(binomial ** 2 + (std or 0.0) ** 2 / len(pairs))
+    return {"mean": mean, "std": std, "seeds": len(pairs), "n": n, "binomial_se": binomial, "se": se}
+
+
+def verdict(method: dict | None, baseline: dict | None) -> str:
+    """Has the method learned? Its kNN summary against its best baseline's: learned when the margin
+    exceeds the 95 % noise of the difference, 1.96·√(se₁² + se₂²)."""
+    if method is None:
+        return "no kNN result"
+    if baseline is None:
+        return "no baseline result to compare with"
+    margin = method["mean"] - baseline["mean"]
+    if method["se"] is None or baseline["se"] is None:
+        return f"kNN {method['mean']:.1f} % vs baseline {baseline['mean']:.1f} %, noise unknown (no test counts)"
+    noise = Z95 * math.sqrt(method["se"] ** 2 + baseline["se"] ** 2)
+    numbers = (f"kNN {method['mean']:.1f} % vs baseline {baseline['mean']:.1f} % "
+               f"(margin {margin:.1f} points, noise ±{noise:.1f})")
+    if margin > noise:
+        return f"learned: {numbers}"
+    if margin < -noise:  # as clear as a win, the other way: saying "not distinguishable" would hide it
+        return f"below its baseline: {numbers}"
+    return f"not distinguishable from its baseline: {numbers}"
+
+
+def band(summary: dict | None, digits: int = 1, with_n: bool = False) -> str:
+    """'62.0 ± 4.3' (the 95 % binomial band), with the seed std where several seeds ran."""
+    if summary is None:
+        return "—"
+    text = f"{summary['mean']:.{digits}f}"
+    if summary["binomial_se"] is not None:
+        text += f" ± {Z95 * summary['binomial_se']:.{digits}f}"
+    notes = [f"n = {summary['n']}"] if with_n and summary["n"] else []
+    if summary["std"] is not None:
+        notes.append(f"seed std {summary['std']:.{digits}f} over {summary['seeds']} seeds")
+    return text + (f" ({', '.join(notes)})" if notes else "")
+
+
+def new_record(method: str, backbone: str | None, seed: int) -> dict:
+    """A results.json record: every key present, None until an evaluation fills it; `n_test` holds
+    each value's test queries, `missing` the status of a step that should have given one."""
+    record = {k: None for k in RECORD_KEYS}
+    record.update(method=method, backbone=backbone, seed=seed, image_size=None, num_classes=None,
+                  retrieval_p5=None, n_test={}, missing={})
+    return record
+
+
 def _rel(path: Path, out: Path) -> str:
     return Path(path).relative_to(out).as_posix()
 
@@ -96,6 +198,7 @@ class Report:
         self.steps = manifest["steps"]
         self.by_id = {s["id"]: s for s in self.steps}
         self.lines: list[str] = []
+        self.data: dict = {}  # results.json once written
 
     # --- data -------------------------------------------------------------------------------------
     def result(self, step: dict) -> dict | None:
@@ -126,16 +229,103 @@ class Report:
     def image(self, src: Path, alt: str, *parts: str) -> str:
         return f"![{alt}]({_rel(self.copy(src, *parts), self.out)})"
 
-    def status_word(self, steps: list[dict]) -> str:
-        bad = [s["status"] for s in steps if s["status"] not in OK]
-        return f"*{bad[0]}*" if bad else "—"
+    # --- results.json: every number of the tables, per row and seed ---------------------------------
+    def fill(self, record: dict, key: str, steps: list[dict]) -> None:
+        """Set `record[key]` (and its n) from the first of `steps` that gave a result; remember the
+        status when none did, so the table can say *failed* rather than 'does not apply'."""
+        kind, read, count = FIELDS[key]
+        found = [j for s in steps if s["kind"] == kind and (j := self.result(s))]
+        if not found:
+            if steps:
+                record["missing"][key] = next((s["status"] for s in steps if s["status"] not in OK), "no result")
+            return
+        j = found[0]
+        record[key] = _number(read(j))
+        if count(j):
+            record["n_test"][key] = int(count(j))
+        if kind in ("knn", "linear"):  # the size and classes of the accuracies (Jaccard reads other data)
+            for field in ("image_size", "num_classes"):
+                record[field] = record[field] or j.get(field)
+
+    def records(self) -> list[dict]:
+        """One record per (method, seed), then the baselines': random init and supervised per
+        backbone, raw pixels per image size."""
+        out, seeds = [], self.m["seeds"]
+        for method in self.methods():
+            arch = self.arch_of(method)
+            for seed in seeds:
+                r = new_record(method, arch, seed)
+                for key, (kind, _, _) in FIELDS.items():
+                    self.fill(r, key, self.find(f"supervised {arch}" if kind == "scratch" else method, kind, seed))
+                run = self.run_dir(method, seed)
+                r["pretext"] = pretext(method, run) if run else None
+                out.append(r)
+        for arch in dict.fromkeys(self.arch_of(m) for m in self.methods()):
+            vits = [m for m in self.methods() if self.arch_of(m) == arch and arch.startswith("vit")]
+            for seed in seeds:
+                r = new_record(f"random init {arch}", arch, seed)
+                for key in ("knn_top1", "linear_10", "linear_100"):
+                    self.fill(r, key, self.find(f"random init {arch}", FIELDS[key][0], seed))
+                self.fill_random_jaccard(r, [s for m in vits for s in self.find(m, "jaccard", seed)])
+                out.append(r)
+                r = new_record(f"supervised {arch}", arch, seed)
+                self.fill(r, "scratch_20", self.find(f"supervised {arch}", "scratch", seed))
+                out.append(r)
+        pixels: dict[tuple, dict] = {}
+        for s in self.find("raw pixels", "knn") + self.find("raw pixels", "linear"):
+            size = s["id"].split("/")[1].removeprefix("pixels")  # baselines/pixels<size>/s<seed>/<kind>
+            r = pixels.setdefault((s["seed"], size), new_record("raw pixels", None, s["seed"]))
+            r["image_size"] = int(size) if size.isdigit() else r["image_size"]  # known even if both failed
+            for key in (("knn_top1",) if s["kind"] == "knn" else ("linear_10", "linear_100")):
+                self.fill(r, key, [s])
+        return out + sorted(pixels.values(), key=lambda r: (r["image_size"] or 0, r["seed"]))
+
+    def fill_random_jaccard(self, record: dict, steps: list[dict]) -> None:
+        """Every ViT run scores the same seeded random network beside its own: the first one's."""
+        for s in steps:
+            j = self.result(s)
+            if j and (value := _number(_get(j, "rows", "random_init", "dino_best_head"))) is not None:
+                record["jaccard_best_head"] = value
+                record["n_test"]["jaccard_best_head"] = _get(j, "rows", "random_init", "n_images",
+                                                             default=j.get("n_images"))
+                return
+        if steps:
+            record["missing"]["jaccard_best_head"] = next((s["status"] for s in steps if s["status"] not in OK),
+                                                          "no result")
+
+    def write_results(self) -> Path:
+        """results.json, which the tables and the Reading are then rendered from."""
+        m = self.m
+        data = {
+            "units": UNITS, "n_test": "per record, the number of test queries (images) each value was measured on",
+            "missing": "per record, the status of a step that gave no value (a null without it does not apply)",
+            "profile": m["profile"], "command": m["command"], "started": m.get("started"),
+            "wall_s": m.get("wall_s"), "steps_wall_s": round(sum((s.get("marker") or {}).get("wall_s") or 0
+                                                                 for s in self.steps), 1),
+            "methods": self.methods(), "seeds": m["seeds"], "data": m.get("data"), "eval_data": m.get("eval_data"),
+            "mask_data": m.get("mask_data"), "device": m.get("device"), "host": m.get("host", {}),
+            "settings": m.get("settings"), "commands": {s["id"]: s["command"] for s in self.steps},
+            "records": self.records(),
+        }
+        path = self.out / "results.json"
+        path.write_text(json.dumps(data, indent=1) + "\n")
+        return path
+
+    def rows_of(self, method: str, **where) -> list[dict]:
+        return [r for r in self.data["records"] if r["method"] == method
+                and all(r.get(k) == v for k, v in where.items())]
+
+    def pixel_sizes(self) -> list:
+        return list(dict.fromkeys(r["image_size"] for r in self.rows_of("raw pixels")))
 
     # --- sections ---------------------------------------------------------------------------------
     def write(self) -> Path:
         if self.fig_dir.exists():
             shutil.rmtree(self.fig_dir)
         self.fig_dir.mkdir(parents=True)
-        for section in (self.header, self.results, self.curves, self.collapse, self.tsne, self.retrieval,
+        # results.json first: the Reading and the tables are rendered from what it holds
+        self.data = json.loads(self.write_results().read_text())
+        for section in (self.header, self.reading, self.results, self.curves, self.collapse, self.tsne, self.retrieval,
                         self.attention, self.colourisations, self.puzzles, self.cross_correlation,
                         self.other_figures, self.settings, self.runs, self.not_run):
             section()
@@ -163,13 +353,53 @@ class Report:
                  f"- host: {host.get('platform')}, {host.get('cpus')} CPUs, Python {host.get('python')}, "
                  f"torch {host.get('torch')}; device option `{m['device']}`, launcher `{m['launcher']}`, "
                  f"{m.get('threads') or 'default'} thread(s) per step",
-                 f"- steps: {self._counts()}")
+                 f"- steps: {self._counts()}",
+                 "- every number below, per seed and with the test count it was measured on: `results.json`")
 
     def _counts(self) -> str:
         counts: dict[str, int] = {}
         for s in self.steps:
             counts[s["status"]] = counts.get(s["status"], 0) + 1
         return ", ".join(f"{v} {k}" for k, v in counts.items())
+
+    def reading(self):
+        self.add("## Reading", "",
+                 "Accuracies in % from `results.json`, ± the 95 % binomial band 1.96·√(p(1−p)/n) of the n test "
+                 "queries (with several seeds, the seed std beside it). A method has learned something when its "
+                 "kNN top-1 beats the better of its baselines — the randomly initialised network of the same "
+                 "backbone and the raw pixels at the same image size — by more than the 95 % noise of the "
+                 "difference, 1.96·√(se₁² + se₂²) (se: the binomial standard error, with the seed std of the mean "
+                 "in quadrature when several seeds ran); *below* when it trails by as much. Pretext: the task's own "
+                 "score at the end of training beside its chance level.", "",
+                 "| method | kNN@20 top-1 | random init | raw pixels | linear 10 % / 100 % | fine-tune 20 % / "
+                 "scratch 20 % | Jaccard / random init ViT | t-SNE silhouette first → last | pretext |",
+                 "|---|---|---|---|---|---|---|---|---|")
+        verdicts = []
+        for method in self.methods():
+            row, line = self._reading_row(method)
+            self.add(row)
+            verdicts.append(line)
+        self.add("", *verdicts)
+
+    def _reading_row(self, method: str) -> tuple[str, str]:
+        """(the Reading's table row, its verdict line) of one method."""
+        arch = self.arch_of(method)
+        own, init = self.rows_of(method), self.rows_of(f"random init {arch}")
+        size = next((r["image_size"] for r in own if r["image_size"]), None)
+        pixels = self.rows_of("raw pixels", image_size=size) if size else []
+        knn = summarise(own, "knn_top1")
+        bases = {name: s for name, s in ((f"random init {arch}", summarise(init, "knn_top1")),
+                                         (f"raw pixels at {size} px", summarise(pixels, "knn_top1"))) if s}
+        best = max(bases, key=lambda b: bases[b]["mean"], default=None)
+        vit = (arch or "").startswith("vit")
+        jaccard = f"{_mean(own, 'jaccard_best_head')} / {_mean(init, 'jaccard_best_head')}" if vit else "—"
+        row = (f"| {TITLES[method]} ({arch}) | {band(knn, with_n=True)} | {band(summarise(init, 'knn_top1'))} | "
+               f"{band(summarise(pixels, 'knn_top1'))} | {_mean(own, 'linear_10')} / {_mean(own, 'linear_100')} | "
+               f"{_mean(own, 'finetune_20')} / {_mean(own, 'scratch_20')} | {jaccard} | "
+               f"{_mean(own, 'tsne_silhouette_first', 2)} → {_mean(own, 'tsne_silhouette_last', 2)} | "
+               f"{_pretext_text(own)} |")
+        against = f" (baseline: {best})" if best else ""
+        return row, f"- **{TITLES[method]}**{against}: {verdict(knn, bases.get(best))}"
 
     def results(self):
         knn = [j for s in self.steps if s["kind"] == "knn" and (j := self.result(s))]
@@ -184,76 +414,53 @@ class Report:
                  "+ linear head on 20 % of the labels; *supervised from scratch*: the same backbone, random "
                  "initialisation, same 20 % and schedule (DINO on Imagenette with 20 % labels against supervised "
                  "from scratch, as in 'A Deep Dive into the DINO Algorithm'). Baseline rows: the randomly "
-                 "initialised network of each backbone (the first run's epoch-0 snapshot) and supervised training. "
-                 "`—`: does not apply (e.g. Jaccard needs a ViT); *failed* / *blocked* / *missing*: see Not run.",
+                 "initialised network of each backbone (the first run's epoch-0 snapshot), supervised training, "
+                 "and the raw pixels (the eval view flattened, each channel standardised) at each image size. "
+                 "`—`: does not apply (e.g. Jaccard needs a ViT); *failed* / *blocked* / *missing*: see Not run. "
+                 "Every number, per seed and with its test count, is in `results.json`.",
                  "")
         header = ["method", "backbone", *(c[0] for c in COLUMNS)]
         self.add("| " + " | ".join(header) + " |", "|" + "---|" * len(header))
-        table = {}
-        for method in self.methods():
-            arch = self.arch_of(method)
-            cells = []
-            for name, kind, read in COLUMNS:
-                row = f"supervised {arch}" if kind == "scratch" else method
-                steps = self.find(row, kind)
-                values = [read(j) for s in steps if (j := self.result(s))]
-                cell = fmt(values)
-                if cell == "—" and steps:
-                    cell = self.status_word(steps)
-                cells.append(cell)
-                table.setdefault(method, {})[name] = values
-            self.add(f"| {TITLES[method]} | {arch} | " + " | ".join(cells) + " |")
-        for arch in dict.fromkeys(self.arch_of(m) for m in self.methods()):
-            cells = []
-            for name, kind, read in COLUMNS:
-                if kind in ("knn", "linear"):
-                    steps = self.find(f"random init {arch}", kind)
-                    values = [read(j) for s in steps if (j := self.result(s))]
-                elif kind == "jaccard":
-                    # The same random network (seeded) is scored by every ViT run: take one per seed.
-                    steps = [s for m in self.methods() if self.arch_of(m) == arch for s in self.find(m, kind)]
-                    per_seed = {}
-                    for s in steps:
-                        if (j := self.result(s)) and s["seed"] not in per_seed:
-                            per_seed[s["seed"]] = _get(j, "rows", "random_init", "dino_best_head")
-                    values = list(per_seed.values())
-                else:
-                    steps, values = [], []
-                cell = fmt(values)
-                cells.append(self.status_word(steps) if cell == "—" and steps else cell)
-                table.setdefault(f"random init {arch}", {})[name] = values
-            self.add(f"| random init (baseline) | {arch} | " + " | ".join(cells) + " |")
+        rows = [(TITLES[m], self.arch_of(m), self.rows_of(m)) for m in self.methods()]
+        rows += [("random init (baseline)", arch, self.rows_of(f"random init {arch}"))
+                 for arch in dict.fromkeys(self.arch_of(m) for m in self.methods())]
+        rows += [("raw pixels (baseline)", f"{size} px", self.rows_of("raw pixels", image_size=size))
+                 for size in self.pixel_sizes()]
+        for title, backbone, records in rows:
+            self.add(f"| {title} | {backbone} | " + " | ".join(_cell(records, key) for _, key in COLUMNS) + " |")
         self.add("")
-        path = self._results_figure(table)
+        path = self._results_figure(rows)
         if path:
             self.add(f"![results]({_rel(path, self.out)})", "",
-                     "*Figure: the table as bars (mean over seeds; error bars: the std over seeds where several "
-                     "ran); the grey band is chance ± 2 binomial standard errors, the noise of a classifier with "
-                     "no signal. Fine-tuning from each method's backbone versus the same backbone trained from "
-                     "scratch on the same 20 % of the labels.*")
+                     "*Figure: the accuracies of the table as bars (mean over seeds); error bars: the 95 % "
+                     "binomial band 1.96·√(p(1−p)/n) of the bar's n test queries, with the seed std of the mean "
+                     "added in quadrature where several seeds ran; the grey band is chance ± 2 binomial standard "
+                     "errors, the noise of a classifier with no signal. Fine-tuning from each method's backbone "
+                     "versus the same backbone trained from scratch on the same 20 % of the labels.*")
 
-    def _results_figure(self, table: dict) -> Path | None:
+    def _results_figure(self, rows: list[tuple[str, str, list[dict]]]) -> Path | None:
         plt = _pyplot()
-        names = [c[0] for c in COLUMNS if c[1] != "jaccard" and c[1] != "retrieval"]
-        rows = [r for r in table if any(table[r].get(n) for n in names)]
+        names = {key: name for name, key in COLUMNS if key in ACCURACIES}
+        rows = [(title if title in TITLES.values() else f"{title} {backbone}", records)
+                for title, backbone, records in rows if any(summarise(records, k) for k in names)]
         if not rows:
             return None
         fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(rows) + 4), 4))
         width = 0.8 / len(names)
-        for i, name in enumerate(names):
-            stats = [mean_std(v) if (v := [x for x in table[r].get(name, []) if x is not None]) else (0, None)
-                     for r in rows]
-            ax.bar([k + i * width for k in range(len(rows))], [m for m, _ in stats], width, label=name,
-                   yerr=[sd or 0 for _, sd in stats], capsize=2, error_kw={"lw": 0.8})
-        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(rows))],
-                      [TITLES.get(r, r) for r in rows], rotation=20, ha="right")
-        classes = [j.get("num_classes") for s in self.steps if s["kind"] == "knn" and (j := self.result(s))]
-        n_test = [j["n_test"] for s in self.steps if s["kind"] == "knn" and (j := self.result(s)) and j.get("n_test")]
-        if classes and classes[0]:
+        for i, (key, name) in enumerate(names.items()):
+            stats = [(k, s) for k, (_, records) in enumerate(rows) if (s := summarise(records, key))]  # no bar: —
+            ax.bar([k + i * width for k, _ in stats], [s["mean"] for _, s in stats], width, label=name,
+                   yerr=[Z95 * s["se"] if s["se"] is not None else 0 for _, s in stats], capsize=2,
+                   error_kw={"lw": 0.8}, color=f"C{i}")
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(rows))], [t for t, _ in rows], rotation=20, ha="right")
+        records = self.data["records"]
+        classes = [r["num_classes"] for r in records if r["num_classes"]]
+        n_test = [r["n_test"]["knn_top1"] for r in records if r["n_test"].get("knn_top1")]
+        if classes:
             chance = 100 / classes[0]
             ax.axhline(chance, color="k", ls="--", lw=0.8, label=f"chance ({classes[0]} classes)")
             if n_test:  # where a classifier with no signal lands 95 % of the time on this many test images
-                se = 100 * math.sqrt(chance / 100 * (1 - chance / 100) / min(n_test))
+                se = binomial_se(chance, min(n_test))
                 ax.axhspan(chance - 2 * se, chance + 2 * se, color="k", alpha=0.1,
                            label=f"chance ± 2 s.e. ({min(n_test)} test images)")
         ax.set_ylabel("top-1 accuracy (%)")
@@ -586,6 +793,48 @@ class Report:
             self.add(f"- **{TITLES[m]}** — not selected in this invocation (`--methods`).")
         if vit_only:
             self.add(f"- attention maps and Jaccard for {', '.join(vit_only)} — not applicable (ResNet backbone).")
+
+
+def _mean(records: list[dict], key: str, digits: int = 1) -> str:
+    s = summarise(records, key)
+    return "—" if s is None else f"{s['mean']:.{digits}f}"
+
+
+def _cell(records: list[dict], key: str) -> str:
+    """The table cell of one field over seeds: mean ± std, or why there is none."""
+    cell = fmt([r[key] for r in records if r.get(key) is not None])
+    missing = [r["missing"][key] for r in records if key in r.get("missing", {})]
+    return f"*{missing[0]}*" if cell == "—" and missing else cell
+
+
+def _pretext_text(records: list[dict]) -> str:
+    found = [r["pretext"] for r in records if r.get("pretext") and r["pretext"].get("value") is not None]
+    if not found:
+        return "—"
+    p = found[0]
+    value = sum(x["value"] for x in found) / len(found)
+    chance = "" if p.get("chance") is None else f"{p['chance_is'].split(':')[0]} {p['chance']:.1f} %, "
+    return f"{p['name']} {value:.1f} % ({chance}{p.get('split')})"
+
+
+def pretext(method: str, run_dir: Path) -> dict | None:
+    """The pretext task's own score at the end of the run (held-out if the run had a held-out split,
+    else the last logged training batch) beside its chance level; None for other methods."""
+    if method not in PRETEXT:
+        return None
+    key, name, chance, meaning = PRETEXT[method]
+    rows = _metrics(Path(run_dir))
+    held = [r for r in rows if _number(r.get(f"val_{key}")) is not None]
+    train = [r for r in rows if _number(r.get(key)) is not None]
+    if held:
+        row, value, split = held[-1], held[-1][f"val_{key}"], "held-out"
+    elif train:
+        row, value, split = train[-1], train[-1][key], "training batch"
+    else:
+        return None
+    config = _load(Path(run_dir) / "config.json") or {}
+    return {"name": name, "value": float(value), "chance": _number(chance(config, row)), "chance_is": meaning,
+            "split": split, "epoch": row.get("epoch")}
 
 
 def _series_key(path: Path) -> str:

@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from common.runtime import resolve_device
-from eval import cli
-from eval.features import cached_features, subset_indices
+from eval import cli  # torch-free: torch is imported inside the functions, after parsing
+
+if TYPE_CHECKING:
+    import torch
 
 
 def nearest(bank: torch.Tensor, queries: torch.Tensor, n: int = 5, chunk_size: int = 1024):
     """(similarities Q × n, bank positions Q × n) of each query's n most cosine-similar bank rows."""
+    import torch
+    import torch.nn.functional as F
+
     bank = F.normalize(bank.float(), dim=1)
     sims, idx = [], []
     for start in range(0, len(queries), chunk_size):
@@ -41,12 +44,21 @@ def precision_at(neighbour_labels: torch.Tensor, query_labels: torch.Tensor) -> 
     return 100.0 * (neighbour_labels == query_labels.view(-1, 1)).float().mean().item()
 
 
+def add_arguments(parser: cli.EvalParser) -> None:
+    g = parser.group("evaluation")
+    g.add_argument("--num-queries", type=int, default=6,
+                   help="queries shown in the figure and listed in the JSON (evenly spaced over the test split)")
+    g.add_argument("--neighbours", type=int, default=5, help="neighbours per query (precision@N counts them)")
+
+
 def main(argv=None) -> dict:
-    p = cli.base_parser("Query images and their 5 nearest neighbours in the train split (cosine).")
-    p.add_argument("--num-queries", type=int, default=6, help="queries shown (evenly spaced over the test split)")
-    p.add_argument("--neighbours", type=int, default=5, help="neighbours per query")
-    args = p.parse_args(argv)
+    args = cli.parse_cli("retrieval", add_arguments, argv,
+                         "Query images and their 5 nearest neighbours in the train split (cosine).")
     cli.check_positive(args, "batch_size", "max_train", "max_test", "image_size", "num_queries", "neighbours")
+    import torch  # torch loads only now: --help and option errors never wait for it
+
+    from common.runtime import resolve_device
+    from eval.features import cached_features, subset_indices
 
     device = resolve_device(args.device)
     backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)

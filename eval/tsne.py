@@ -16,13 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
 import numpy as np
-import torch.nn.functional as F
-from sklearn.manifold import TSNE
-from sklearn.metrics import silhouette_score
 
-from common.runtime import resolve_device
-from eval import cli
-from eval.features import cached_features, subset_indices
+from eval import cli  # torch-free: torch and scikit-learn are imported inside the functions, after parsing
 
 MIN_POINTS = 2  # t-SNE needs perplexity < n, and the perplexity floor below is 1
 
@@ -30,6 +25,8 @@ MIN_POINTS = 2  # t-SNE needs perplexity < n, and the perplexity floor below is 
 def embed(feats: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> tuple[np.ndarray, float]:
     """2-D t-SNE of L2-normalised features (PCA initialisation); perplexity is lowered to
     (n - 1) / 3 for small sets, as t-SNE needs perplexity < n. Returns (n × 2, perplexity used)."""
+    from sklearn.manifold import TSNE
+
     n = len(feats)
     if n < MIN_POINTS:
         raise ValueError(f"t-SNE needs at least {MIN_POINTS} points, got {n}")
@@ -40,26 +37,37 @@ def embed(feats: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> tuple[n
 
 def silhouette(feats: np.ndarray, labels: np.ndarray) -> float | None:
     """Mean silhouette of the classes under cosine distance, in [-1, 1]; None for < 2 classes."""
+    from sklearn.metrics import silhouette_score
+
     if len(np.unique(labels)) < 2 or len(labels) <= len(np.unique(labels)):
         return None
     return float(silhouette_score(feats, labels, metric="cosine"))
 
 
+def add_arguments(parser: cli.EvalParser) -> None:
+    parser.group("data").add_argument("--split", default="test", help="split whose labelled images are embedded")
+    g = parser.group("evaluation")
+    g.add_argument("--perplexity", type=float, default=30.0,
+                   help="t-SNE perplexity (scikit-learn's default), lowered to (n - 1) / 3 where that is smaller "
+                        "(n: the images embedded)")
+    g.add_argument("--titles", nargs="+", default=None,
+                   help="one panel title per checkpoint (default: method, arch and epoch)")
+    parser.group("run").add_argument("--name", default="tsne", help="result name: <out>/<name>.json and .png")
+
+
 def main(argv=None) -> dict:
-    p = cli.base_parser("t-SNE of test features coloured by class, one panel per checkpoint.",
-                        multi_checkpoint=True)
-    p.add_argument("--titles", nargs="+", default=None, help="one panel title per checkpoint "
-                   "(default: method, arch and epoch)")
-    p.add_argument("--split", default="test", help="split to embed")
-    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (scikit-learn default: 30)")
-    p.add_argument("--name", default="tsne", help="result name")
-    args = p.parse_args(argv)
+    args = cli.parse_cli("tsne", add_arguments, argv,
+                         "t-SNE of test features coloured by class, one panel per checkpoint.", multi_checkpoint=True)
     cli.check_positive(args, "batch_size", "max_test", "image_size")
     if args.titles is not None and len(args.titles) != len(args.checkpoint):
         raise SystemExit(f"error: --titles has {len(args.titles)} entries for {len(args.checkpoint)} checkpoints; "
                          "give one title per checkpoint")
     if args.perplexity <= 0:
         raise SystemExit("error: --perplexity must be > 0")
+    import torch.nn.functional as F  # torch loads only now: --help and option errors never wait for it
+
+    from common.runtime import resolve_device
+    from eval.features import cached_features, subset_indices
 
     device = resolve_device(args.device)
     out = cli.out_dir(args, args.checkpoint)

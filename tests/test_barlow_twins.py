@@ -180,9 +180,9 @@ def test_heatmaps_at_first_middle_and_last_epoch_only(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_two_epochs_on_shapes_lower_the_loss_without_collapse(tmp_path, data_root):
     # batch 16: C is estimated from the batch, so it needs a few more images than BYOL's 8
-    # crops of at least 40 % of the image: at 16 px and 8 steps, two 8 % crops share too little to fit
+    # crops of at least 60 % of the image: at 16 px and 8 steps, two 8 % crops share too little to fit
     argv = ["--projector", "128-128-128", "--optimizer", "adamw", "--lr", "0.016", "--weight-decay", "1e-5",
-            "--crop-scale", "0.4", "1"]
+            "--crop-scale", "0.6", "1"]
     run = check_two_epoch_run(bt_train.main, "barlow_twins", argv, tmp_path, data_root, out_dim=128, batch_size=16)
     assert sorted(p.name for p in run.glob("cross_correlation_*.png")) == [
         "cross_correlation_epoch0001.png", "cross_correlation_epoch0002.png"]

@@ -56,7 +56,7 @@ def test_argv_overrides_and_extra_arguments(bench):
     opts = bench.build_parser().parse_args(["--method", "barlow_twins", "--recipe", "cpu", "--epochs", "3",
                                             "--data-root", "d", "--out", "o"])
     train, b, run_dir, argv = bench.resolve(opts, ["--lambd", "0.01"])
-    assert train["epochs"] == 3 and train["batch_size"] == 64 and b["bench_iters"] == 10
+    assert train["epochs"] == 3 and train["batch_size"] == 128 and b["bench_iters"] == 10
     assert run_dir == Path("o") and argv[-2:] == ["--lambd", "0.01"]
     assert argv[argv.index("--epochs") + 1] == "3" and argv[argv.index("--resume") + 1] == "never"
     assert bench.to_argv({"use_bn_in_head": True, "norm_last_layer": False, "scale": (0.4, 1.0), "x": None}) == [

@@ -64,7 +64,8 @@ def test_heldout_split_is_stratified_and_needs_two_per_class():
 
 def test_dino_features_are_the_last_blocks_cls_tokens_or_cls_and_mean_patch():
     from common.backbones import build_backbone
-    from eval.linear import DINOLinearFeatures, dino_blocks
+    from eval.heads import DINOLinearFeatures
+    from eval.linear import dino_blocks
 
     torch.manual_seed(0)
     vit = build_backbone("vit_tiny", image_size=16, patch_size=8).eval()

@@ -14,9 +14,9 @@ import pytest
 from eval import pipeline, report
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("# ssl-lab report", "## Results", "## Training curves", "## Collapse diagnostics", "## t-SNE over epochs",
-            "## Nearest-neighbour retrieval", "## Attention maps and masks", "## Colourisations", "## Jigsaw puzzles",
-            "## Cross-correlation", "## Settings", "## Runs", "## Not run")
+SECTIONS = ("# ssl-lab report", "## Reading", "## Results", "## Training curves", "## Collapse diagnostics",
+            "## t-SNE over epochs", "## Nearest-neighbour retrieval", "## Attention maps and masks",
+            "## Colourisations", "## Jigsaw puzzles", "## Cross-correlation", "## Settings", "## Runs", "## Not run")
 VIT_METHODS = [m for m in pipeline.METHODS if pipeline.TRAIN["smoke"][m][0].startswith("vit")]
 
 
@@ -58,6 +58,16 @@ def test_smoke_profile_writes_every_table_and_figure(smoke):
         numbers = [c for c in cells[2:] if re.fullmatch(r"\d+\.\d", c)]
         assert len(numbers) == (7 if method in VIT_METHODS else 6), row
     assert "| random init (baseline) | resnet18 |" in md
+    assert "| raw pixels (baseline) | 16 px |" in md
+    # The tables' numbers, per seed, in results.json; one verdict per method in the Reading.
+    results = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in results["records"]} >= {*pipeline.METHODS, "raw pixels", "random init resnet18"}
+    assert all(r["knn_top1"] is not None and r["n_test"]["knn_top1"] == 48 for r in results["records"]
+               if r["method"] in pipeline.METHODS)
+    reading = md.split("## Reading", 1)[1].split("## Results", 1)[0]
+    for method in pipeline.METHODS:
+        assert re.search(rf"^- \*\*{re.escape(report.TITLES[method])}\*\* \(baseline: .+\): "
+                         r"(learned|not distinguishable|below)", reading, re.M), method
     # Every referenced figure exists beside the report, and the expected ones are referenced.
     refs = images(md)
     assert refs and all((out / ref).is_file() for ref in refs)
@@ -124,10 +134,16 @@ def test_plan_has_every_evaluation_of_every_method(tmp_path):
             assert {f"{method}/s{seed}/{k}" for k in kinds} <= ids
             assert f"{method}/s{seed}/attention" in ids or method not in VIT_METHODS
         assert {f"baselines/resnet18/s{seed}/{k}" for k in ("knn", "linear", "scratch")} <= ids
+        # raw pixels at the one size every smoke method trains at, needing no training
+        assert {s.id for s in steps if s.row == "raw pixels" and s.seed == seed} == \
+            {f"baselines/pixels16/s{seed}/knn", f"baselines/pixels16/s{seed}/linear"}
     by_id = {s.id: s for s in steps}
     assert "--label-fraction 0.1 1" in by_id["dino/s0/linear"].command()
     assert "--label-fraction 0.2" in by_id["byol/s1/finetune"].command()
     assert "--from-scratch" in by_id["baselines/vit_tiny/s0/scratch"].command()
+    pixels = by_id["baselines/pixels16/s1/knn"]
+    assert "--raw-pixels --image-size 16" in pixels.command() and "--checkpoint" not in pixels.command()
+    assert not pixels.needs and "--seed 1" in pixels.command()
     assert "--seed 1" in by_id["byol/s1/train"].command()
     assert by_id["byol/s0/train"].out != by_id["byol/s1/train"].out
     assert all((REPO / s.script).exists() for s in steps)
@@ -159,19 +175,27 @@ def test_mean_and_sample_std():
     assert report.fmt([]) == "—"
 
 
+def add_step(steps: list, tmp_path, id_, row, kind, seed=0, status="ok", result=None, files=None, wall_s=1.5,
+             command=None):
+    """One step of a fake manifest: its folder, result JSON, extra files and marker."""
+    out = tmp_path / id_.replace("/", "_")
+    out.mkdir()
+    marker = {"status": status, "wall_s": wall_s, "reason": "exit code 1: error: boom" if status == "failed" else ""}
+    if result is not None:
+        (out / f"{kind}.json").write_text(json.dumps(result))
+        marker["result"] = str(out / f"{kind}.json")
+    for name, text in (files or {}).items():
+        (out / name).write_text(text)
+    steps.append({"id": id_, "row": row, "kind": kind, "seed": seed, "script": f"eval/{kind}.py",
+                  "command": command or f"python eval/{kind}.py", "out": str(out), "status": status,
+                  "reason": marker["reason"], "wall_s": wall_s, "marker": marker})
+
+
 def test_report_aggregates_seeds_and_lists_what_did_not_run(tmp_path):
     steps = []
 
     def step(id_, row, kind, seed, status, result=None):
-        out = tmp_path / id_.replace("/", "_")
-        out.mkdir()
-        marker = {"status": status, "wall_s": 1.5, "reason": "exit code 1: error: boom" if status == "failed" else ""}
-        if result is not None:
-            (out / f"{kind}.json").write_text(json.dumps(result))
-            marker["result"] = str(out / f"{kind}.json")
-        steps.append({"id": id_, "row": row, "kind": kind, "seed": seed, "script": f"eval/{kind}.py",
-                      "command": f"python eval/{kind}.py", "out": str(out), "status": status,
-                      "reason": marker["reason"], "wall_s": 1.5, "marker": marker})
+        add_step(steps, tmp_path, id_, row, kind, seed, status, result)
 
     for seed, top1 in ((0, 60.0), (1, 64.0)):
         step(f"byol/s{seed}/train", "byol", "train", seed, "ok")

@@ -1,4 +1,5 @@
-"""The embedded `shapes` data set (v2, 32 px, flat backgrounds; and `shapes-hard`, 64 px, textures and
+"""The embedded `shapes` data set (v3, 32 px, a light shape on a flat dark background; and `shapes-hard`,
+64 px, textures and
 distractors): deterministic, masks that match the drawn shapes, a class that does not follow from
 colour, and a cache per variant that is written once and regenerated when corrupt."""
 
@@ -35,13 +36,15 @@ def test_generation_is_deterministic(sample, easy):
     assert all(a.tobytes() == b.tobytes() for a, b in zip(easy, shapes.generate(N, seed=5)))
 
 
-def test_v2_is_one_shape_on_a_flat_noisy_background(easy):
+def test_default_is_one_light_shape_on_a_flat_noisy_dark_background(easy):
     images, labels, masks = easy
     assert set(np.unique(masks).tolist()) == {0, 1}  # no distractors
     for i in range(N):
         background = images[i][masks[i] == 0].astype(float)
         assert background.std(0).max() < 20  # one colour plus pixel noise (sigma 3-14), no texture
-        assert len(np.unique(images[i][masks[i] == 1], axis=0)) == 1  # a flat shape
+        shape = np.unique(images[i][masks[i] == 1], axis=0)
+        assert len(shape) == 1 and shape.min() >= shapes.LIGHT  # a flat shape, lighter than ...
+        assert background.mean(0).max() < shapes.DARK + 5  # ... its ground in every channel
     area = (masks == 1).sum((1, 2)) / 32 ** 2
     assert 0.05 < area.min() and area.max() < 0.6
     # raw pixels stay weak: the learnable part is the outline, not a colour or a position
@@ -119,7 +122,7 @@ def test_cache_written_once_and_regenerated_when_corrupt(tmp_path, monkeypatch, 
     monkeypatch.setattr(shapes, "TEST_SIZE", 10)
     train_set = build_dataset("shapes", root=tmp_path)
     path = shapes.cache_path(tmp_path)
-    assert path.parent == tmp_path / "shapes" and path.name == "shapes-v2-32px-30-10.npz" and path.exists()
+    assert path.parent == tmp_path / "shapes" and path.name == "shapes-v3-32px-30-10.npz" and path.exists()
     assert len(train_set) == 30 and train_set.classes == shapes.CLASSES and train_set.mask_kind == "object"
     images, labels, masks = shapes.generate(30, shapes.SEEDS["train"])
     assert np.array_equal(train_set.images, images) and train_set.targets == labels.tolist()
