@@ -7,7 +7,7 @@ weighted kNN and a linear probe (top-1 %, mean ± std over seeds).
     python benchmarks/compare_dino_twins.py --arch vit_tiny --patch-size 4 --batch-size 128   # its ViT-T/4 row
     python benchmarks/compare_dino_twins.py --methods dino_twins dino_twins_no_centering dino_no_centering \\
         dino_twins_no_sharpening dino_no_sharpening barlow_twins_multicrop     # the secondary claim's ablations
-    python benchmarks/compare_dino_twins.py --arch cnn_small --batch-size 128 --epochs 3      # CPU miniature
+    python benchmarks/compare_dino_twins.py --arch cnn_small --batch-size 128 --epochs 3      # CPU miniature, 45 min
     python benchmarks/compare_dino_twins.py --smoke                                      # seconds: the pipeline
 
 Each run trains through its method's own `train.py` `main(argv)` (engine, options, checkpoint), then
@@ -39,6 +39,8 @@ if str(REPO / "benchmarks") not in sys.path:  # the sibling ssl_benchmark.py, al
     sys.path.insert(0, str(REPO / "benchmarks"))
 
 from ssl_benchmark import to_argv  # noqa: E402  (options dict -> CLI words, one implementation)
+
+from common.options import ARCH_CHOICES  # noqa: E402  (torch-free)
 
 K = 20  # DINO's headline k
 
@@ -130,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which runs to compare")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per method and seed")
     p.add_argument("--arch", default="resnet18",
-                   choices=("cnn_tiny", "cnn_small", "resnet18", "resnet50", "vit_mini", "vit_tiny", "vit_small"),
+                   choices=[a for a in ARCH_CHOICES if a != "vit_base"],
                    help="the backbone of every run (DeepLearningProject: resnet50, and vit_tiny with patch 4; "
-                        "cnn_small / vit_mini: the CPU-sized miniature)")
+                        "cnn_small / vit_micro: the CPU-sized miniature)")
     p.add_argument("--patch-size", type=int, default=4, help="ViT patch size (DeepLearningProject's ViT-T/4 at 32 px)")
     p.add_argument("--image-size", type=int, default=32, help="training image size (CIFAR-10: 32)")
     p.add_argument("--batch-size", type=int, default=256,

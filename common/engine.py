@@ -387,7 +387,7 @@ class Trainer:
             for index, batch in enumerate(val_loader):
                 batch = make_views(self.transform, batch, self.args.seed, -1, index, self.rt.rank, self.rt.device,
                                    False)
-                with self.rt.autocast():
+                with torch.no_grad(), self.rt.autocast():  # a loss to report, not to learn from
                     out = model(batch, step - 1)
                 n = len(batch[1])
                 for k, v in out.items():

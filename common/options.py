@@ -14,9 +14,15 @@ from pathlib import Path
 
 from common import recipes
 
-# The backbones (common/backbones.py builds them; listed here so that parsing needs no torch): the
-# CPU-sized CNNs and ViT first, then the papers' ResNets and ViTs.
-ARCH_CHOICES = ("cnn_tiny", "cnn_small", "resnet18", "resnet50", "vit_mini", "vit_tiny", "vit_small", "vit_base")
+# The backbones (common/backbones.py builds them; listed here so that parsing needs no torch), with
+# their parameters and forward+backward img/s at 32 px, batch 128, on the project's 2-core CPU
+# (ViTs with patch 4; docs/benchmarks.md, "Backbones"; None: GPU-sized, not measured there).
+ARCH_SIZES = {"cnn_tiny": ("0.31 M", 826), "cnn_small": ("1.23 M", 302), "resnet18": ("11.2 M", 48),
+              "resnet50": ("23.5 M", None), "vit_micro": ("0.46 M", 339), "vit_mini": ("1.80 M", 139),
+              "vit_tiny": ("5.36 M", 54), "vit_small": ("21.7 M", None), "vit_base": ("85.8 M", None)}
+ARCH_CHOICES = tuple(ARCH_SIZES)
+ARCH_HELP = "backbone: " + ", ".join(f"{a} ({n}" + (f", {r} img/s on 2 CPU cores" if r else "") + ")"
+                                     for a, (n, r) in ARCH_SIZES.items())
 OPTIMIZERS = ("adamw", "adam", "sgd", "lars")  # adam: L2 weight decay coupled into the gradient (Caffe / torch Adam)
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 # The papers' random-resized-crop area range of the two-view methods (BYOL, Barlow Twins).
@@ -78,7 +84,7 @@ def base_parser(method: str, description: str = "", **defaults) -> argparse.Argu
                    help="DataLoader worker processes (0 = load in the main process)")
 
     m = p.add_argument_group("model")
-    m.add_argument("--arch", default="resnet18", choices=ARCH_CHOICES, help="backbone")
+    m.add_argument("--arch", default="resnet18", choices=ARCH_CHOICES, help=ARCH_HELP)
     m.add_argument("--patch-size", type=int, default=16, help="ViT patch size (e.g. 16 at 224 px, 4 at 32 px)")
     m.add_argument("--image-size", type=int, default=64, help="training image size (global crop size)")
     m.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (ViT)")

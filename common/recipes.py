@@ -19,6 +19,13 @@ train.py's --help):
   CNN's all-positive pooled features give the teacher nearly the same logits for every image, and
   the loss sat at ln K (a uniform teacher) for the whole run;
 - Jigsaw on a 2x2 grid with all 24 orderings: a 32 px image has no room for 3x3 tiles.
+
+A CNN has no self-attention, so for the attention maps and the Jaccard DINO-Twins also trains the
+small ViT `vit_micro` (patch 4 at 32 px: an 8x8 grid) with the same recipe, 6 epochs (VIT_OPTIONS;
+`--recipe cpu --arch vit_micro --epochs 6` outside the report). The best head's 60 % attention mask
+on 200 `shapes` test images rises from 29.7 % Jaccard (random ViT) to 38.1 % in those 6 epochs (the
+report's run) and to 46.0 % in 8 (11 minutes with 2 threads). Its local crops matter: with the 2
+global crops alone, 8 epochs fell to 8.5 % (the heads settled on the background).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import shlex
 
 RECIPES = ("paper", "cpu")
 ARCH = "cnn_tiny"
-COMMON = "--image-size 32 --batch-size 128 --epochs 10 --warmup-epochs 1"
+COMMON = "--image-size 32 --patch-size 4 --batch-size 128 --epochs 10 --warmup-epochs 1"  # patch: ViTs only
 ADAMW = "--optimizer adamw --lr 4e-3"  # peak 2e-3 at batch 128
 COLOUR = "--color-jitter 0.4 0.4 0.4 0.5 --gray-p 0.3"
 DINO_HEAD = "--out-dim 1024 --use-bn-in-head --local-crops-number 2 --momentum-teacher 0.99"
@@ -40,6 +47,8 @@ CPU = {
     "jigsaw": "--grid 2 --num-permutations 24",
     "colorization": "",
 }
+VIT = "vit_micro"
+VIT_OPTIONS = "--epochs 6"  # 13 min in the report's run (1 thread beside another step; ~7 with 2 threads)
 # Recipes of one method, reproducing a published run: name -> (options, what it is).
 NAMED = {
     "byol": {

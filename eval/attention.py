@@ -109,14 +109,9 @@ def main(argv=None) -> dict:
         raise SystemExit("error: --mass must be in (0, 1]")
     import torch  # torch loads only now: --help and option errors never wait for it
 
-    from common.runtime import resolve_device
     from eval.features import subset_indices
 
-    device = resolve_device(args.device)
-    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
-    require_vit(backbone, ckpt, "attention.py")
-    image_size = args.image_size or cli.default_image_size(ckpt)
-    out = cli.out_dir(args, args.checkpoint)
+    device, backbone, ckpt, image_size, out = cli.open_network(args, lambda net, c: require_vit(net, c, "attention.py"))
     ds = cli.open_dataset(args.data, args.data_root, args.split)
     indices = subset_indices(len(ds), args.num_images)
 

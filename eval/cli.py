@@ -162,6 +162,24 @@ def open_checkpoint(path, device: torch.device, trust: bool = False):
                          "is it a checkpoint from this version of ssl-lab?") from None
 
 
+def open_network(args, check=None):
+    """What an evaluation judges, from its options: (device, backbone in eval mode, checkpoint, image
+    size, output folder). The image size is --image-size, else the checkpoint's training size; with
+    --raw-pixels there is no network: (device, None, RAW_PIXELS, --image-size, output folder).
+    `check(backbone, ckpt)` may refuse the network before the output folder is made."""
+    from common.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    if getattr(args, "raw_pixels", False):
+        backbone, ckpt, image_size = None, RAW_PIXELS, args.image_size
+    else:
+        backbone, ckpt = open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
+        image_size = args.image_size or default_image_size(ckpt)
+    if check is not None:
+        check(backbone, ckpt)
+    return device, backbone, ckpt, image_size, out_dir(args, args.checkpoint)
+
+
 def open_dataset(name: str, root, split: str, need_labels: bool = False, need_masks: bool = False):
     from common.datasets import DatasetError, build_dataset
 

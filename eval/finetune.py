@@ -98,14 +98,11 @@ def main(argv=None) -> dict:
     from common.backbones import build_backbone
     from common.loader import view_generator
     from common.optim import param_groups
-    from common.runtime import amp_dtype, resolve_device, seed_everything
+    from common.runtime import amp_dtype, seed_everything
     from eval.features import Transformed, subset_indices
     from eval.heads import Classifier
 
-    device = resolve_device(args.device)
-    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
-    image_size = args.image_size or cli.default_image_size(ckpt)
-    out = cli.out_dir(args, args.checkpoint)
+    device, backbone, ckpt, image_size, out = cli.open_network(args)
     mode = "scratch" if args.from_scratch else "pretrained"
     name = args.name or f"finetune-{mode}-{args.label_fraction:g}"
     train_set = cli.open_dataset(args.data, args.data_root, "train", need_labels=True)

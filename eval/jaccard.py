@@ -143,7 +143,10 @@ def aggregate(per_image: list[dict]) -> dict:
         return {"dino_best_head": math.nan, "n_images": 0}
     mean = lambda values: 100.0 * float(np.mean(values))  # noqa: E731
     per_head = torch.stack([s["per_head_sum"] for s in per_image]).sum(0) / sum(s["n_objects"] for s in per_image)
-    return {"dino_best_head": mean([s["dino_best_head"] for s in per_image]),
+    best = [s["dino_best_head"] for s in per_image]
+    return {"dino_best_head": mean(best),
+            # its standard error over images, the noise a comparison with another network needs
+            "dino_best_head_se": 100.0 * float(np.std(best, ddof=1)) / math.sqrt(n) if n > 1 else None,
             **{f"dino_best_head_void_{m}": mean([s[f"dino_best_head_void_{m}"] for s in per_image])
                for m in VOID_MODES if f"dino_best_head_void_{m}" in per_image[0]},
             **{t: {p: mean([s[t][p] for s in per_image]) for p in ("head_union", "head_max")}
@@ -210,14 +213,9 @@ def main(argv=None) -> dict:
 
     from common.backbones import build_backbone
     from common.datasets import voc2012_class_masks
-    from common.runtime import resolve_device
     from eval.features import subset_indices
 
-    device = resolve_device(args.device)
-    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
-    require_vit(backbone, ckpt, "jaccard.py")
-    image_size = args.image_size or cli.default_image_size(ckpt)
-    out = cli.out_dir(args, args.checkpoint)
+    device, backbone, ckpt, image_size, out = cli.open_network(args, lambda net, c: require_vit(net, c, "jaccard.py"))
     ds = cli.open_dataset(args.data, args.data_root, args.split, need_masks=True)
     if args.voc_masks == "class":
         if getattr(ds, "name", None) != "voc2012":

@@ -136,16 +136,9 @@ def main(argv=None) -> dict:
     cli.check_positive(args, "batch_size", "max_train", "max_test", "image_size")
     if min(args.k) < 1 or args.temperature <= 0:
         raise SystemExit("error: --k must be >= 1 and --temperature > 0")
-    from common.runtime import resolve_device  # torch loads only now: --help and option errors never wait for it
-    from eval.features import cached_features, raw_pixel_features, subset_indices
+    from eval.features import cached_features, raw_pixel_features, subset_indices  # torch loads only now
 
-    device = resolve_device(args.device)
-    if args.raw_pixels:
-        backbone, ckpt, image_size = None, cli.RAW_PIXELS, args.image_size
-    else:
-        backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
-        image_size = args.image_size or cli.default_image_size(ckpt)
-    out = cli.out_dir(args, args.checkpoint)
+    device, backbone, ckpt, image_size, out = cli.open_network(args)
     train_set = cli.open_dataset(args.data, args.data_root, args.train_split, need_labels=True)
     test_set = cli.open_dataset(args.data, args.data_root, args.test_split, need_labels=True)
 

@@ -353,16 +353,9 @@ def main(argv=None) -> dict:
         raise SystemExit("error: --crop-scale must be in (0, 1]")
     if args.raw_pixels and (args.augment or args.protocol == "dino"):  # both train through a network
         raise SystemExit("error: --raw-pixels goes with the default --protocol fast, without --augment")
-    from common.runtime import resolve_device  # torch loads only now: --help and option errors never wait for it
-    from eval.features import cached_features, raw_pixel_features, subset_indices
+    from eval.features import cached_features, raw_pixel_features, subset_indices  # torch loads only now
 
-    device = resolve_device(args.device)
-    if args.raw_pixels:
-        backbone, ckpt, image_size = None, cli.RAW_PIXELS, args.image_size
-    else:
-        backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
-        image_size = args.image_size or cli.default_image_size(ckpt)
-    out = cli.out_dir(args, args.checkpoint)
+    device, backbone, ckpt, image_size, out = cli.open_network(args)
     name = args.name or ("linear-augment" if args.augment else "linear")
     train_set = cli.open_dataset(args.data, args.data_root, "train", need_labels=True)
     test_set = cli.open_dataset(args.data, args.data_root, "test", need_labels=True)

@@ -53,12 +53,11 @@ PROFILES = ("smoke", "cpu", "gpu")
 #
 # smoke: proves the whole pipeline on CPU in about two minutes (tests): 16 px, 64 images, 1 epoch.
 # cpu:   the whole protocol on the embedded `shapes` data (all 5000 training and 1000 test images,
-#        32 px) on a 2-core CPU in about half an hour, two steps at a time with one thread each. Every
+#        32 px) on a 2-core CPU in about 40 minutes, two steps at a time with one thread each. Every
 #        method trains with its cpu recipe (common/recipes.py, also `train.py --recipe cpu`, where each
 #        setting's reason is written): the CPU-sized `cnn_tiny`, AdamW, small heads, strong colour
-#        jitter, 10-16 epochs. No ViT trains in this profile: `vit_mini` does
-#        ~30 img/s on a DINO multi-crop step here, too slow to learn in minutes, so the attention maps
-#        and Jaccard are in the gpu and smoke profiles only.
+#        jitter, 10-16 epochs. A CNN has no self-attention, so DINO-Twins also trains the small ViT
+#        `vit_micro` (ALSO below) for the attention maps and the Jaccard.
 # gpu:   the reference comparisons on a real dataset (the DINO-Twins CIFAR-10 table: Barlow Twins and
 #        DINO-Twins with ResNet-50, DINO-Twins' ViT-T/4 for DINO; sthalles/PyTorch-BYOL's STL-10 recipe; the
 #        pretext tasks of "Self-supervised learning in the 'wild'" at 64 px), 200 epochs, the paper batch
@@ -76,15 +75,6 @@ COMMON_TRAIN = {  # options every method's train.py gets in the profile
     "gpu": "--image-size 32 --epochs 200 --workers 8 --download",
 }
 
-TRAIN = {  # options every method's train.py gets in the profile
-    "smoke": "--image-size 16 --max-images 64 --epochs 1 --batch-size 32 --warmup-epochs 0 --workers 0 "
-             "--log-every 1",
-    "cpu": f"{recipes.COMMON} --workers 0 --log-every 10",
-    "gpu": "--image-size 32 --epochs 200 --workers 8 --download",
-}
-
-ADAMW = "--optimizer adamw --lr 4e-3"  # the cpu profile's optimiser (peak 2e-3 at batch 128)
-COLOUR = "--color-jitter 0.4 0.4 0.4 0.5 --gray-p 0.3"  # shapes' colours are random: remove them
 TRAIN = {  # profile → method → (backbone, the method's options on top of COMMON_TRAIN)
     "smoke": {
         "dino":         ("vit_tiny", "--patch-size 4 --out-dim 256 --local-crops-number 2"),
@@ -106,6 +96,11 @@ TRAIN = {  # profile → method → (backbone, the method's options on top of CO
         "colorization": ("resnet50", "--batch-size 256 --image-size 64"),
     },
 }
+# A method trained once more on another backbone, a row of its own: profile -> method -> (backbone,
+# options on top of the method's TRAIN options). cpu: every method learns on cnn_tiny, which has no
+# self-attention, so DINO-Twins also trains the small ViT for the attention maps and the Jaccard
+# (common/recipes.py VIT says why multi-crop and how many epochs).
+ALSO = {"smoke": {}, "cpu": {"dino_twins": (recipes.VIT, recipes.VIT_OPTIONS)}, "gpu": {}}
 
 EVAL = {  # profile → evaluation → options ("*": every evaluation script)
     "smoke": {"*": "--max-train 96 --max-test 48 --batch-size 48", "tsne": "--max-test 32",
@@ -192,6 +187,20 @@ def _value(args: list[str], flag: str) -> str | None:
     return args[args.index(flag) + 1] if flag in args[:-1] else None
 
 
+def trained_rows(profile: str, methods: list[str]) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """(report row, method, backbone, option strings) of every training run, in the order they run:
+    each method on its profile backbone (row: the method), then on its ALSO backbone (row: "method
+    backbone"), which gets the method's options and its own on top."""
+    rows = []
+    for method in methods:
+        arch, options = TRAIN[profile][method]
+        rows.append((method, method, arch, (options,)))
+        if method in ALSO[profile]:
+            also, more = ALSO[profile][method]
+            rows.append((f"{method} {also}", method, also, (options, more)))
+    return rows
+
+
 def plan(cfg) -> list[Step]:
     """Every step of the profile for the chosen methods and seeds, in the order they run."""
     data, mask_data = DATA[cfg.profile]
@@ -215,12 +224,12 @@ def plan(cfg) -> list[Step]:
 
     steps, first_run_of, sizes = [], {}, {}
     for seed in cfg.seeds:
-        for method in cfg.methods:
-            arch, options = TRAIN[cfg.profile][method]
+        for row, method, arch, options in trained_rows(cfg.profile, cfg.methods):
             run = cfg.runs / method / f"{cfg.profile}-{tag}-{arch}-s{seed}"
-            train = Step(f"{method}/s{seed}/train", method, "train", seed, f"{method}/train.py",
+            prefix = row.replace(" ", "/")  # dino/s0/train; dino_twins/vit_micro/s0/train
+            train = Step(f"{prefix}/s{seed}/train", row, "train", seed, f"{method}/train.py",
                          merge(["--data", data, *root, "--arch", arch], _split(COMMON_TRAIN[cfg.profile]),
-                               _split(options), ["--seed", str(seed), *device, "--out", str(run)],
+                               *map(_split, options), ["--seed", str(seed), *device, "--out", str(run)],
                                _extra(cfg.extra, method, "train")), run)
             steps.append(train)
             first_run_of.setdefault((arch, seed), run)
@@ -230,14 +239,14 @@ def plan(cfg) -> list[Step]:
                     continue
                 out = run / "eval" / kind
                 on = mask_data if kind == "jaccard" else eval_data
-                step = Step(f"{method}/s{seed}/{kind}", method, kind, seed, SCRIPTS[kind],
+                step = Step(f"{prefix}/s{seed}/{kind}", row, kind, seed, SCRIPTS[kind],
                             eval_args(kind, (method, seed), None if kind == "tsne" else ckpt, out, on),
                             out, needs=[train.id])
                 if kind == "tsne":
                     step.snapshots = run / "snapshots"
                 if kind in ("linear", "retrieval"):
                     # they read the features kNN extracts into the shared cache: one writer at a time
-                    step.after = [f"{method}/s{seed}/knn"]
+                    step.after = [f"{prefix}/s{seed}/knn"]
                 if kind == "knn":  # the size its kNN sees: an eval --image-size, else the training's
                     size = _value(step.args, "--image-size") or _value(train.args, "--image-size")
                     if size is not None:  # unknown only if no table names it: then no raw-pixels row for it
@@ -593,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "interruption.",
         epilog="profiles (tables in eval/pipeline.py):\n"
                "  smoke  whole pipeline in minutes on CPU (tests): 16 px, 64 images, 1 epoch\n"
-               "  cpu    every protocol and figure on `shapes` on a 2-core CPU (docs/report-cpu: 32 minutes)\n"
+               "  cpu    every protocol and figure on `shapes` on a 2-core CPU (docs/report-cpu: 41 minutes)\n"
                "  gpu    the reference settings on CIFAR-10 (ResNet-50 / ViT-T/4, 200 epochs), one GPU\n"
                "exit code: 0 all steps succeeded, 1 a step failed / was blocked / is missing, 130 interrupted")
     p.add_argument("--profile", choices=PROFILES, default=None, help="default: gpu with a GPU, cpu without")
@@ -725,6 +734,7 @@ def main(argv=None) -> int:
         "started": started, "wall_s": round(time.time() - t0, 1), "host": host(),
         "settings": {"common_train": COMMON_TRAIN[cfg.profile],
                      "train": {m: list(TRAIN[cfg.profile][m]) for m in cfg.methods},
+                     "also": {m: list(ALSO[cfg.profile][m]) for m in cfg.methods if m in ALSO[cfg.profile]},
                      "eval": EVAL[cfg.profile], "protocol": PROTOCOL},
         "steps": [{"id": s.id, "row": s.row, "kind": s.kind, "seed": s.seed, "script": s.script,
                    "command": s.command(), "out": str(s.out), "status": s.status, "reason": s.reason,

@@ -23,6 +23,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first (docs/ARCHITECTURE.md)
 
@@ -39,6 +40,8 @@ FIELDS = {
     "scratch_20": ("scratch", lambda j: j.get("top1"), lambda j: j.get("n_test")),
     "retrieval_p5": ("retrieval", lambda j: j.get("precision_at_5"), lambda j: j.get("n_queries")),
     "jaccard_best_head": ("jaccard", lambda j: j.get("jaccard"), lambda j: j.get("n_images")),
+    "jaccard_best_head_se": ("jaccard", lambda j: _get(j, "rows", "checkpoint", "dino_best_head_se"),
+                             lambda j: j.get("n_images")),
     "tsne_silhouette_first": ("tsne", lambda j: _silhouette(j, 0), lambda j: _silhouette(j, 0, "n_points")),
     "tsne_silhouette_last": ("tsne", lambda j: _silhouette(j, -1), lambda j: _silhouette(j, -1, "n_points")),
 }
@@ -145,18 +148,31 @@ def summarise(records: list[dict], key: str) -> dict | None:
     return {"mean": mean, "std": std, "seeds": len(pairs), "n": n, "binomial_se": binomial, "se": se}
 
 
-def verdict(method: dict | None, baseline: dict | None) -> str:
-    """Has the method learned? Its kNN summary against its best baseline's: learned when the margin
-    exceeds the 95 % noise of the difference, 1.96·√(se₁² + se₂²)."""
+def summarise_with_se(records: list[dict], key: str) -> dict | None:
+    """As `summarise`, for a value that carries its own standard error (`<key>_se`, e.g. the Jaccard's
+    over images): the se of the mean of the seeds' values, the seed std of the mean in quadrature."""
+    pairs = [(r[key], _number(r.get(f"{key}_se"))) for r in records if _number(r.get(key)) is not None]
+    if not pairs:
+        return None
+    mean, std = mean_std([v for v, _ in pairs])
+    ses = [e for _, e in pairs if e is not None]
+    se = (math.sqrt(sum(e * e for e in ses) / len(pairs) ** 2 + (std or 0.0) ** 2 / len(pairs))
+          if len(ses) == len(pairs) else None)
+    return {"mean": mean, "std": std, "seeds": len(pairs), "se": se}
+
+
+def verdict(method: dict | None, baseline: dict | None, name: str = "kNN") -> str:
+    """Has the method learned? Its summary (kNN, or `name`) against its best baseline's: learned when
+    the margin exceeds the 95 % noise of the difference, 1.96·√(se₁² + se₂²)."""
     if method is None:
-        return "no kNN result"
+        return f"no {name} result"
     if baseline is None:
         return "no baseline result to compare with"
     margin = method["mean"] - baseline["mean"]
     if method["se"] is None or baseline["se"] is None:
-        return f"kNN {method['mean']:.1f} % vs baseline {baseline['mean']:.1f} %, noise unknown (no test counts)"
+        return f"{name} {method['mean']:.1f} % vs baseline {baseline['mean']:.1f} %, noise unknown (no test counts)"
     noise = Z95 * math.sqrt(method["se"] ** 2 + baseline["se"] ** 2)
-    numbers = (f"kNN {method['mean']:.1f} % vs baseline {baseline['mean']:.1f} % "
+    numbers = (f"{name} {method['mean']:.1f} % vs baseline {baseline['mean']:.1f} % "
                f"(margin {margin:.1f} points, noise ±{noise:.1f})")
     if margin > noise:
         return f"learned: {numbers}"
@@ -183,8 +199,29 @@ def new_record(method: str, backbone: str | None, seed: int) -> dict:
     each value's test queries, `missing` the status of a step that should have given one."""
     record = {k: None for k in RECORD_KEYS}
     record.update(method=method, backbone=backbone, seed=seed, image_size=None, num_classes=None,
-                  retrieval_p5=None, n_test={}, missing={})
+                  retrieval_p5=None, jaccard_best_head_se=None, n_test={}, missing={})
     return record
+
+
+class Trained(NamedTuple):
+    """One training run's row of the report: a method on its profile backbone (row: the method), or
+    on the second backbone the profile also trains it on (row: "method backbone", eval/pipeline.py ALSO)."""
+    row: str
+    method: str
+    arch: str | None
+    main: bool
+
+    @property
+    def label(self) -> str:
+        return TITLES[self.method] if self.main else f"{TITLES[self.method]} {self.arch}"
+
+    @property
+    def slug(self) -> str:  # its figures' folder
+        return self.row.replace(" ", "-")
+
+    @property
+    def vit(self) -> bool:
+        return (self.arch or "").startswith("vit")
 
 
 def _rel(path: Path, out: Path) -> str:
@@ -213,11 +250,21 @@ class Report:
     def methods(self) -> list[str]:
         return [m for m in METHOD_ORDER if m in self.m["methods"]]
 
-    def arch_of(self, method: str) -> str | None:
-        return (self.m["settings"]["train"].get(method) or [None])[0]
+    def trained(self) -> list[Trained]:
+        """Every training run's row, each method's in METHOD_ORDER: its profile backbone, then its second."""
+        train, also = self.m["settings"]["train"], self.m["settings"].get("also", {})
+        out = []
+        for method in self.methods():
+            out.append(Trained(method, method, (train.get(method) or [None])[0], True))
+            if method in also:
+                out.append(Trained(f"{method} {also[method][0]}", method, also[method][0], False))
+        return out
 
-    def run_dir(self, method: str, seed: int) -> Path | None:
-        steps = self.find(method, "train", seed)
+    def archs(self) -> list[str | None]:
+        return list(dict.fromkeys(t.arch for t in self.trained()))
+
+    def run_dir(self, row: str, seed: int) -> Path | None:
+        steps = self.find(row, "train", seed)
         return Path(steps[0]["out"]) if steps else None
 
     def copy(self, src: Path, *parts: str) -> Path:
@@ -248,25 +295,24 @@ class Report:
                 record[field] = record[field] or j.get(field)
 
     def records(self) -> list[dict]:
-        """One record per (method, seed), then the baselines': random init and supervised per
+        """One record per (method, backbone, seed), then the baselines': random init and supervised per
         backbone, raw pixels per image size."""
         out, seeds = [], self.m["seeds"]
-        for method in self.methods():
-            arch = self.arch_of(method)
+        for t in self.trained():
             for seed in seeds:
-                r = new_record(method, arch, seed)
+                r = new_record(t.method, t.arch, seed)
                 for key, (kind, _, _) in FIELDS.items():
-                    self.fill(r, key, self.find(f"supervised {arch}" if kind == "scratch" else method, kind, seed))
-                run = self.run_dir(method, seed)
-                r["pretext"] = pretext(method, run) if run else None
+                    self.fill(r, key, self.find(f"supervised {t.arch}" if kind == "scratch" else t.row, kind, seed))
+                run = self.run_dir(t.row, seed)
+                r["pretext"] = pretext(t.method, run) if run else None
                 out.append(r)
-        for arch in dict.fromkeys(self.arch_of(m) for m in self.methods()):
-            vits = [m for m in self.methods() if self.arch_of(m) == arch and arch.startswith("vit")]
+        for arch in self.archs():
+            vits = [t.row for t in self.trained() if t.arch == arch and t.vit]
             for seed in seeds:
                 r = new_record(f"random init {arch}", arch, seed)
                 for key in ("knn_top1", "linear_10", "linear_100"):
                     self.fill(r, key, self.find(f"random init {arch}", FIELDS[key][0], seed))
-                self.fill_random_jaccard(r, [s for m in vits for s in self.find(m, "jaccard", seed)])
+                self.fill_random_jaccard(r, [s for row in vits for s in self.find(row, "jaccard", seed)])
                 out.append(r)
                 r = new_record(f"supervised {arch}", arch, seed)
                 self.fill(r, "scratch_20", self.find(f"supervised {arch}", "scratch", seed))
@@ -286,6 +332,7 @@ class Report:
             j = self.result(s)
             if j and (value := _number(_get(j, "rows", "random_init", "dino_best_head"))) is not None:
                 record["jaccard_best_head"] = value
+                record["jaccard_best_head_se"] = _number(_get(j, "rows", "random_init", "dino_best_head_se"))
                 record["n_test"]["jaccard_best_head"] = _get(j, "rows", "random_init", "n_images",
                                                              default=j.get("n_images"))
                 return
@@ -314,6 +361,9 @@ class Report:
     def rows_of(self, method: str, **where) -> list[dict]:
         return [r for r in self.data["records"] if r["method"] == method
                 and all(r.get(k) == v for k, v in where.items())]
+
+    def records_of(self, t: Trained) -> list[dict]:
+        return self.rows_of(t.method, backbone=t.arch)
 
     def pixel_sizes(self) -> list:
         return list(dict.fromkeys(r["image_size"] for r in self.rows_of("raw pixels")))
@@ -375,31 +425,36 @@ class Report:
                  "scratch 20 % | Jaccard / random init ViT | t-SNE silhouette first → last | pretext |",
                  "|---|---|---|---|---|---|---|---|---|")
         verdicts = []
-        for method in self.methods():
-            row, line = self._reading_row(method)
+        for t in self.trained():
+            row, line = self._reading_row(t)
             self.add(row)
             verdicts.append(line)
+        for t in (t for t in self.trained() if t.vit):  # and what its attention learned
+            own, init = (summarise_with_se(records, "jaccard_best_head")
+                         for records in (self.records_of(t), self.rows_of(f"random init {t.arch}")))
+            verdicts.append(f"- **{t.label}**, attention (best head's 60 % mask against "
+                            f"the ground truth; baseline: the random {t.arch}; noise: the standard error over "
+                            f"images): {verdict(own, init, 'Jaccard')}")
         self.add("", *verdicts)
 
-    def _reading_row(self, method: str) -> tuple[str, str]:
-        """(the Reading's table row, its verdict line) of one method."""
-        arch = self.arch_of(method)
-        own, init = self.rows_of(method), self.rows_of(f"random init {arch}")
+    def _reading_row(self, t: Trained) -> tuple[str, str]:
+        """(the Reading's table row, its verdict line) of one training run."""
+        arch = t.arch
+        own, init = self.records_of(t), self.rows_of(f"random init {arch}")
         size = next((r["image_size"] for r in own if r["image_size"]), None)
         pixels = self.rows_of("raw pixels", image_size=size) if size else []
         knn = summarise(own, "knn_top1")
         bases = {name: s for name, s in ((f"random init {arch}", summarise(init, "knn_top1")),
                                          (f"raw pixels at {size} px", summarise(pixels, "knn_top1"))) if s}
         best = max(bases, key=lambda b: bases[b]["mean"], default=None)
-        vit = (arch or "").startswith("vit")
-        jaccard = f"{_mean(own, 'jaccard_best_head')} / {_mean(init, 'jaccard_best_head')}" if vit else "—"
-        row = (f"| {TITLES[method]} ({arch}) | {band(knn, with_n=True)} | {band(summarise(init, 'knn_top1'))} | "
+        jaccard = f"{_mean(own, 'jaccard_best_head')} / {_mean(init, 'jaccard_best_head')}" if t.vit else "—"
+        row = (f"| {TITLES[t.method]} ({arch}) | {band(knn, with_n=True)} | {band(summarise(init, 'knn_top1'))} | "
                f"{band(summarise(pixels, 'knn_top1'))} | {_mean(own, 'linear_10')} / {_mean(own, 'linear_100')} | "
                f"{_mean(own, 'finetune_20')} / {_mean(own, 'scratch_20')} | {jaccard} | "
                f"{_mean(own, 'tsne_silhouette_first', 2)} → {_mean(own, 'tsne_silhouette_last', 2)} | "
                f"{_pretext_text(own)} |")
         against = f" (baseline: {best})" if best else ""
-        return row, f"- **{TITLES[method]}**{against}: {verdict(knn, bases.get(best))}"
+        return row, f"- **{t.label}**{against}: {verdict(knn, bases.get(best))}"
 
     def results(self):
         knn = [j for s in self.steps if s["kind"] == "knn" and (j := self.result(s))]
@@ -421,15 +476,15 @@ class Report:
                  "")
         header = ["method", "backbone", *(c[0] for c in COLUMNS)]
         self.add("| " + " | ".join(header) + " |", "|" + "---|" * len(header))
-        rows = [(TITLES[m], self.arch_of(m), self.rows_of(m)) for m in self.methods()]
-        rows += [("random init (baseline)", arch, self.rows_of(f"random init {arch}"))
-                 for arch in dict.fromkeys(self.arch_of(m) for m in self.methods())]
-        rows += [("raw pixels (baseline)", f"{size} px", self.rows_of("raw pixels", image_size=size))
-                 for size in self.pixel_sizes()]
-        for title, backbone, records in rows:
+        rows = [(TITLES[t.method], t.arch, self.records_of(t), t.label) for t in self.trained()]
+        rows += [("random init (baseline)", arch, self.rows_of(f"random init {arch}"), f"random init {arch}")
+                 for arch in self.archs()]
+        rows += [("raw pixels (baseline)", f"{size} px", self.rows_of("raw pixels", image_size=size),
+                  f"raw pixels {size} px") for size in self.pixel_sizes()]
+        for title, backbone, records, _ in rows:
             self.add(f"| {title} | {backbone} | " + " | ".join(_cell(records, key) for _, key in COLUMNS) + " |")
         self.add("")
-        path = self._results_figure(rows)
+        path = self._results_figure([(label, records) for *_, records, label in rows])
         if path:
             self.add(f"![results]({_rel(path, self.out)})", "",
                      "*Figure: the accuracies of the table as bars (mean over seeds); error bars: the 95 % "
@@ -438,11 +493,11 @@ class Report:
                      "errors, the noise of a classifier with no signal. Fine-tuning from each method's backbone "
                      "versus the same backbone trained from scratch on the same 20 % of the labels.*")
 
-    def _results_figure(self, rows: list[tuple[str, str, list[dict]]]) -> Path | None:
+    def _results_figure(self, rows: list[tuple[str, list[dict]]]) -> Path | None:
+        """Bars of the accuracies: rows are (label, records)."""
         plt = _pyplot()
         names = {key: name for name, key in COLUMNS if key in ACCURACIES}
-        rows = [(title if title in TITLES.values() else f"{title} {backbone}", records)
-                for title, backbone, records in rows if any(summarise(records, k) for k in names)]
+        rows = [(label, records) for label, records in rows if any(summarise(records, k) for k in names)]
         if not rows:
             return None
         fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(rows) + 4), 4))
@@ -469,8 +524,8 @@ class Report:
         ax.grid(axis="y", alpha=0.3)
         return _save(fig, self.fig_dir / "results.png")
 
-    def _series(self, method, seed):
-        run = self.run_dir(method, seed)
+    def _series(self, row: str, seed: int):
+        run = self.run_dir(row, seed)
         return _metrics(run) if run else []
 
     def curves(self):
@@ -479,11 +534,11 @@ class Report:
         fig, (ax_loss, ax_knn) = plt.subplots(1, 2, figsize=(12, 4.2))
         any_loss = any_knn = False
         queries = set()
-        for c, method in enumerate(self.methods()):
+        for c, t in enumerate(self.trained()):
             for n, seed in enumerate(self.m["seeds"]):
-                rows = self._series(method, seed)
+                rows = self._series(t.row, seed)
                 steps = [r for r in rows if isinstance(r.get("loss"), (int, float)) and "epoch" in r]
-                label = TITLES[method] if n == 0 else None
+                label = t.label if n == 0 else None
                 if steps and math.isfinite(steps[0]["loss"]) and steps[0]["loss"] != 0:
                     first = steps[0]["loss"]
                     ax_loss.plot([r["epoch"] for r in steps], [r["loss"] / first for r in steps],
@@ -526,16 +581,16 @@ class Report:
         seed = self.m["seeds"][0]
         # One panel per diagnostic and vector size d: stds of 256-d and 8192-d embeddings do not share
         # an axis (their healthy values, 1/√d, differ 5.7×).
-        panels: dict[tuple[str, int | None], list[str]] = {}
+        panels: dict[tuple[str, int | None], list[Trained]] = {}
         data, configs = {}, {}
-        for method in self.methods():
-            run = self.run_dir(method, seed)
-            configs[method] = run_config(run) if run else {}
-            rows = [r for r in self._series(method, seed) if "loss" in r]
-            data[method] = rows
+        for t in self.trained():
+            run = self.run_dir(t.row, seed)
+            configs[t.row] = run_config(run) if run else {}
+            rows = [r for r in self._series(t.row, seed) if "loss" in r]
+            data[t.row] = rows
             for k in sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))}):
                 if COLLAPSE.search(k):
-                    panels.setdefault((k, diagnostic_dim(k, configs[method])), []).append(method)
+                    panels.setdefault((k, diagnostic_dim(k, configs[t.row])), []).append(t)
         if not panels:
             self.add("No run logged collapse diagnostics (see Not run).")
             return
@@ -543,13 +598,13 @@ class Report:
         cols = min(3, len(panels))
         nrows = math.ceil(len(panels) / cols)
         fig, axes = plt.subplots(nrows, cols, figsize=(4.8 * cols, 3.5 * nrows), squeeze=False)
-        for ax, ((key, dim), methods) in zip(axes.flat, sorted(panels.items(), key=lambda kv: str(kv[0]))):
+        for ax, ((key, dim), runs) in zip(axes.flat, sorted(panels.items(), key=lambda kv: str(kv[0]))):
             drawn = set()
-            for method in methods:
-                colour = f"C{self.methods().index(method)}"
-                rows = [r for r in data[method] if isinstance(r.get(key), (int, float)) and "epoch" in r]
-                ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], color=colour, label=TITLES[method])
-                ref = reference(key, configs[method])
+            for t in runs:
+                colour = f"C{self.trained().index(t)}"  # the colour of its training curves
+                rows = [r for r in data[t.row] if isinstance(r.get(key), (int, float)) and "epoch" in r]
+                ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], color=colour, label=t.label)
+                ref = reference(key, configs[t.row])
                 if ref is not None and ref[1] not in drawn:  # one line per distinct reference (e.g. ln K)
                     draw_reference(ax, ref, colour if key == "teacher_entropy" else "k")
                     drawn.add(ref[1])
@@ -573,19 +628,19 @@ class Report:
     def _eval_figures(self, title: str, kind: str, caption):
         self.add(f"## {title}", "")
         seed = self.m["seeds"][0]
-        for method in self.methods():
-            steps = self.find(method, kind, seed)
+        for t in self.trained():
+            steps = self.find(t.row, kind, seed)
             if not steps:
                 continue
             step = steps[0]
             j = self.result(step)
             pngs = sorted(Path(step["out"]).glob("*.png")) if j else []
             if not pngs:
-                self.add(f"- {TITLES[method]}: *{step['status']}* (see Not run)")
+                self.add(f"- {t.label}: *{step['status']}* (see Not run)")
                 continue
-            self.add(f"### {TITLES[method]}", "")
+            self.add(f"### {t.label}", "")
             for png in pngs:
-                self.add(self.image(png, f"{method} {kind}", f"{method}-s{seed}", png.name), "")
+                self.add(self.image(png, f"{t.row} {kind}", f"{t.slug}-s{seed}", png.name), "")
             self.add(caption(j), "")
 
     def tsne(self):
@@ -610,20 +665,20 @@ class Report:
     def attention(self):
         self.add("## Attention maps and masks", "")
         seed = self.m["seeds"][0]
-        vit = [m for m in self.methods() if (self.arch_of(m) or "").startswith("vit")]
-        others = [TITLES[m] for m in self.methods() if m not in vit]
+        vit = [t for t in self.trained() if t.vit]
+        others = [f"{TITLES[t.method]} ({t.arch})" for t in self.trained() if not t.vit]
         if others:
-            self.add(f"Not applicable to {', '.join(others)}: a ResNet backbone has no self-attention.", "")
-        for method in vit:
-            self.add(f"### {TITLES[method]} ({self.arch_of(method)})", "")
+            self.add(f"Not applicable to {', '.join(others)}: a convolutional backbone has no self-attention.", "")
+        for t in vit:
+            self.add(f"### {TITLES[t.method]} ({t.arch})", "")
             for kind, caption in (("attention", self._attention_caption), ("jaccard", self._jaccard_caption)):
-                steps = self.find(method, kind, seed)
+                steps = self.find(t.row, kind, seed)
                 j = self.result(steps[0]) if steps else None
                 if not j:
                     self.add(f"- {kind}: *{steps[0]['status'] if steps else 'not run'}* (see Not run)", "")
                     continue
                 for png in sorted(Path(steps[0]["out"]).glob("*.png")):
-                    self.add(self.image(png, f"{method} {kind}", f"{method}-s{seed}", png.name), "")
+                    self.add(self.image(png, f"{t.row} {kind}", f"{t.slug}-s{seed}", png.name), "")
                 self.add(caption(j), "")
 
     @staticmethod
@@ -643,8 +698,8 @@ class Report:
                 f"{j.get('n_images')} `{j.get('data')}` images — {'; '.join(text)}. Columns: image, ground truth, "
                 "the best head's mask, the mask of the maximum over heads.*")
 
-    def _method_pngs(self, method: str, seed: int) -> list[Path]:
-        run = self.run_dir(method, seed)
+    def _method_pngs(self, row: str, seed: int) -> list[Path]:
+        run = self.run_dir(row, seed)
         if not run or not run.exists():
             return []
         return sorted(p for p in run.glob("*.png") if p.name not in RUN_FIGURES)
@@ -653,18 +708,18 @@ class Report:
         self.add(f"## {title}", "")
         seed = self.m["seeds"][0]
         shown = False
-        for method in self.methods():
-            pngs = [p for p in self._method_pngs(method, seed) if re.search(pattern, p.name)]
+        for t in self.trained():
+            pngs = [p for p in self._method_pngs(t.row, seed) if re.search(pattern, p.name)]
             if not pngs:
-                if method in owners:
-                    train = self.find(method, "train", seed)
+                if t.method in owners:
+                    train = self.find(t.row, "train", seed)
                     status = train[0]["status"] if train else "not run"
-                    self.add(f"- {TITLES[method]}: " + ("the run drew no such figure" if status in OK
-                                                        else f"*{status}* (see Not run)"), "")
+                    self.add(f"- {t.label}: " + ("the run drew no such figure" if status in OK
+                                                 else f"*{status}* (see Not run)"), "")
                 continue
             for png in _thin(pngs):
-                self.add(f"**{TITLES[method]}** — `{png.name}`", "",
-                         self.image(png, f"{method} {png.stem}", f"{method}-s{seed}", png.name), "")
+                self.add(f"**{t.label}** — `{png.name}`", "",
+                         self.image(png, f"{t.row} {png.stem}", f"{t.slug}-s{seed}", png.name), "")
                 shown = True
         missing = [TITLES[m] for m in owners if m not in self.methods()]
         if missing:
@@ -688,13 +743,13 @@ class Report:
 
     def other_figures(self):
         seed = self.m["seeds"][0]
-        rest = [(m, p) for m in self.methods() for p in self._method_pngs(m, seed)
+        rest = [(t, p) for t in self.trained() for p in self._method_pngs(t.row, seed)
                 if not re.search(r"colo|puzzle|jigsaw|tile|corr", p.name)]
         if rest:
             self.add("## Other method figures", "")
-            for method, png in _thin(rest, key=lambda mp: (mp[0], _series_key(mp[1]))):
-                self.add(f"**{TITLES[method]}** — `{png.name}`", "",
-                         self.image(png, f"{method} {png.stem}", f"{method}-s{seed}", png.name), "")
+            for t, png in _thin(rest, key=lambda tp: (tp[0].row, _series_key(tp[1]))):
+                self.add(f"**{t.label}** — `{png.name}`", "",
+                         self.image(png, f"{t.row} {png.stem}", f"{t.slug}-s{seed}", png.name), "")
 
     def settings(self):
         s = self.m["settings"]
@@ -703,9 +758,11 @@ class Report:
                  f"`{s['common_train']}`. Everything not listed keeps the paper default documented in the "
                  "script's `--help`.", "",
                  "| method | backbone | method options |", "|---|---|---|")
-        for method in self.methods():
-            arch, options = s["train"][method]
-            self.add(f"| {TITLES[method]} | {arch} | `{options or '(paper defaults)'}` |")
+        for t in self.trained():
+            arch, options = s["train" if t.main else "also"][t.method]
+            if not t.main:  # on top of the method's own options
+                options = f"{s['train'][t.method][1]} {options}".strip()
+            self.add(f"| {TITLES[t.method]} | {arch} | `{options or '(paper defaults)'}` |")
         self.add("", "| evaluation | options (profile) | options (protocol) |", "|---|---|---|")
         for kind, options in s["protocol"].items():
             prof = " ".join(x for x in (s["eval"].get("*", ""), s["eval"].get(
@@ -716,9 +773,9 @@ class Report:
         self.add("## Runs", "",
                  "Every training run: the exact command, where it ran, versions and wall time; its full "
                  "configuration (every resolved option) is in the collapsed block, its curves below it.", "")
-        for method in self.methods():
+        for t in self.trained():
             for seed in self.m["seeds"]:
-                train = self.find(method, "train", seed)
+                train = self.find(t.row, "train", seed)
                 if not train:
                     continue
                 step = train[0]
@@ -729,7 +786,7 @@ class Report:
                 stop = next((r for r in reversed(rows) if r.get("event") == "stop"), {})
                 speed = [r["img_per_s"] for r in rows if isinstance(r.get("img_per_s"), (int, float))]
                 marker = step.get("marker") or {}
-                self.add(f"### {TITLES[method]}, seed {seed} — {step['status']}", "",
+                self.add(f"### {TITLES[t.method]} ({t.arch}), seed {seed} — {step['status']}", "",
                          "```", step["command"], "```", "",
                          f"- run directory: `{run}`",
                          f"- device {config.get('device', '?')}, AMP {config.get('amp', '?')}, "
@@ -750,8 +807,8 @@ class Report:
                              json.dumps(config.get("args", config), indent=1, default=str), "```", "", "</details>", "")
                 for name in RUN_FIGURES:
                     if (run / name).exists():
-                        self.add(self.image(run / name, f"{method} {name}", f"{method}-s{seed}", f"run-{name}"), "")
-                evals = [s for s in self.steps if s["row"] == method and s["seed"] == seed and s["kind"] != "train"]
+                        self.add(self.image(run / name, f"{t.row} {name}", f"{t.slug}-s{seed}", f"run-{name}"), "")
+                evals = [s for s in self.steps if s["row"] == t.row and s["seed"] == seed and s["kind"] != "train"]
                 if evals:
                     self.add("| evaluation | status | wall time (s) | command |", "|---|---|---|---|")
                     for s in evals:
@@ -764,7 +821,7 @@ class Report:
                     extra = [p for p in sorted(Path(s["out"]).glob("*.png"))
                              if s["kind"] in ("knn", "linear", "finetune")] if j else []
                     for png in extra:
-                        self.add(self.image(png, f"{method} {png.stem}", f"{method}-s{seed}", png.name), "")
+                        self.add(self.image(png, f"{t.row} {png.stem}", f"{t.slug}-s{seed}", png.name), "")
         base = [s for s in self.steps if s["row"].startswith(("random init", "supervised"))]
         if base:
             self.add("### Baselines", "", "| step | status | wall time (s) | command |", "|---|---|---|---|")
@@ -782,7 +839,7 @@ class Report:
         self.add("## Not run", "")
         bad = [s for s in self.steps if s["status"] not in OK]
         skipped = [m for m in METHOD_ORDER if m not in self.m["methods"]]
-        vit_only = [TITLES[m] for m in self.methods() if not (self.arch_of(m) or "").startswith("vit")]
+        vit_only = [TITLES[m] for m in self.methods() if not any(t.vit for t in self.trained() if t.method == m)]
         if not bad and not skipped:
             self.add("Every step of this invocation succeeded.", "")
         for s in bad:
@@ -792,7 +849,7 @@ class Report:
         for m in skipped:
             self.add(f"- **{TITLES[m]}** — not selected in this invocation (`--methods`).")
         if vit_only:
-            self.add(f"- attention maps and Jaccard for {', '.join(vit_only)} — not applicable (ResNet backbone).")
+            self.add(f"- attention maps and Jaccard for {', '.join(vit_only)} — not applicable (no ViT backbone).")
 
 
 def _mean(records: list[dict], key: str, digits: int = 1) -> str:

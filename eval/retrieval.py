@@ -57,13 +57,9 @@ def main(argv=None) -> dict:
     cli.check_positive(args, "batch_size", "max_train", "max_test", "image_size", "num_queries", "neighbours")
     import torch  # torch loads only now: --help and option errors never wait for it
 
-    from common.runtime import resolve_device
     from eval.features import cached_features, subset_indices
 
-    device = resolve_device(args.device)
-    backbone, ckpt = cli.open_checkpoint(args.checkpoint, device, args.trust_checkpoint)
-    image_size = args.image_size or cli.default_image_size(ckpt)
-    out = cli.out_dir(args, args.checkpoint)
+    device, backbone, ckpt, image_size, out = cli.open_network(args)
     bank_set = cli.open_dataset(args.data, args.data_root, "train")
     query_set = cli.open_dataset(args.data, args.data_root, "test")
     bank_idx = subset_indices(len(bank_set), args.max_train)

@@ -95,6 +95,9 @@ def test_masks_upsample_to_blocks_and_aggregate_in_percent():
     assert agg["dino_best_head"] == pytest.approx(100 * ((1 + 5 / 7) / 2 + 1) / 2)
     assert agg["per_head"] == pytest.approx([100 * 2 / 3, 100 * (5 / 7 + 1) / 3])
     assert agg["n_images"] == 2 and agg["n_objects"] == 3
+    a, b = (1 + 5 / 7) / 2, 1.0  # the two images' best-head Jaccards: se = |a - b| / 2 (std with n - 1, / √2)
+    assert agg["dino_best_head_se"] == pytest.approx(100 * abs(a - b) / 2)
+    assert aggregate([s])["dino_best_head_se"] is None  # one image: no spread to measure
 
 
 def test_void_is_counted_as_in_the_published_snippet_on_the_voc_sample(shared_data):

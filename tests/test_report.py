@@ -153,6 +153,24 @@ def test_plan_has_every_evaluation_of_every_method(tmp_path):
         assert all(order.index(d) < order.index(s.id) for d in s.needs)
 
 
+def test_cpu_profile_also_trains_dino_twins_on_the_small_vit(tmp_path):
+    cfg = pipeline.parse_args(["--profile", "cpu", "--runs", str(tmp_path)])
+    by_id = {s.id: s for s in pipeline.plan(cfg)}
+    cnn, vit = by_id["dino_twins/s0/train"], by_id["dino_twins/vit_micro/s0/train"]
+    assert (cnn.row, vit.row) == ("dino_twins", "dino_twins vit_micro") and cnn.out != vit.out
+    # the method's cpu recipe with the ViT's own options on top: each option once, the last value wins
+    assert "--arch vit_micro" in vit.command() and "--patch-size 4" in vit.command()
+    assert vit.args.count("--epochs") == 1 and vit.args[vit.args.index("--epochs") + 1] == "6"
+    assert "--local-crops-number 2" in vit.command() and "--bt-projector 512-512-512" in vit.command()
+    for kind in ("knn", "linear", "finetune", "tsne", "retrieval", "attention", "jaccard"):
+        assert by_id[f"dino_twins/vit_micro/s0/{kind}"].needs == [vit.id]
+    assert "dino_twins/s0/attention" not in by_id  # a CNN has no self-attention
+    assert by_id["dino_twins/vit_micro/s0/linear"].after == ["dino_twins/vit_micro/s0/knn"]
+    base = by_id["baselines/vit_micro/s0/knn"]  # the random ViT: the ViT run's initialisation snapshot
+    assert base.row == "random init vit_micro" and str(vit.out / "snapshots" / "epoch0000.pt") in base.command()
+    assert by_id["baselines/vit_micro/s0/scratch"].row == "supervised vit_micro"
+
+
 def test_options_errors_are_one_line():
     with pytest.raises(SystemExit, match="unknown method.*simclr"):
         pipeline.parse_args(["--profile", "smoke", "--methods", "dino,simclr"])

@@ -166,3 +166,52 @@ def test_noise_band_and_verdict_on_known_numbers():
     assert report.verdict(None, summary(50.0)) == "no kNN result"
     assert report.verdict(summary(50.0), None) == "no baseline result to compare with"
     assert report.summarise([{"knn_top1": None, "n_test": {}}], "knn_top1") is None
+
+
+def test_a_method_on_a_second_backbone_is_a_row_of_its_own(tmp_path):
+    """DINO-Twins on cnn_tiny (its profile backbone) and on vit_micro (ALSO): one record each, both
+    in the tables, the ViT's Jaccard judged against the random ViT with the noise over images."""
+    steps = []
+
+    def step(id_, row, kind, result=None):
+        add_step(steps, tmp_path, id_, row, kind, 0, "ok", result, wall_s=2.0)
+
+    def knn(top1):
+        return {"top1": top1, "n_test": 1000, "n_train": 5000, "num_classes": 10, "image_size": 32}
+
+    step("dino_twins/s0/train", "dino_twins", "train")
+    step("dino_twins/s0/knn", "dino_twins", "knn", knn(60.0))
+    step("dino_twins/vit_micro/s0/train", "dino_twins vit_micro", "train")
+    step("dino_twins/vit_micro/s0/knn", "dino_twins vit_micro", "knn", knn(24.0))
+    rows = {"checkpoint": {"dino_best_head": 46.0, "dino_best_head_se": 1.2},
+            "random_init": {"dino_best_head": 29.7, "dino_best_head_se": 1.0}}
+    step("dino_twins/vit_micro/s0/jaccard", "dino_twins vit_micro", "jaccard",
+         {"jaccard": 46.0, "n_images": 200, "rows": rows})
+    for arch, top1 in (("cnn_tiny", 26.0), ("vit_micro", 15.0)):
+        step(f"baselines/{arch}/s0/knn", f"random init {arch}", "knn", knn(top1))
+    step("baselines/pixels32/s0/knn", "raw pixels", "knn", knn(35.0))
+    manifest = {"command": "./run_all.sh --profile cpu", "profile": "cpu", "methods": ["dino_twins"], "seeds": [0],
+                "runs": str(tmp_path), "data": "shapes", "eval_data": "shapes", "mask_data": "shapes",
+                "device": "cpu", "launcher": "fork", "started": "now", "wall_s": 1.0, "host": {},
+                "settings": {"common_train": "--epochs 10", "train": {"dino_twins": ["cnn_tiny", "--epochs 14"]},
+                             "also": {"dino_twins": ["vit_micro", "--epochs 6"]}, "eval": {},
+                             "protocol": pipeline.PROTOCOL},
+                "steps": steps}
+    md = report.write_report(manifest, tmp_path / "reports").read_text()
+    records = json.loads((tmp_path / "reports" / "results.json").read_text())["records"]
+    assert [(r["method"], r["backbone"]) for r in records] == [
+        ("dino_twins", "cnn_tiny"), ("dino_twins", "vit_micro"), ("random init cnn_tiny", "cnn_tiny"),
+        ("supervised cnn_tiny", "cnn_tiny"), ("random init vit_micro", "vit_micro"),
+        ("supervised vit_micro", "vit_micro"), ("raw pixels", None)]
+    cnn, vit, random_vit = records[0], records[1], records[4]
+    assert (cnn["knn_top1"], cnn["jaccard_best_head"], vit["knn_top1"]) == (60.0, None, 24.0)
+    assert (vit["jaccard_best_head"], vit["jaccard_best_head_se"]) == (46.0, 1.2)
+    assert (random_vit["jaccard_best_head"], random_vit["jaccard_best_head_se"]) == (29.7, 1.0)
+    assert "| DINO-Twins | cnn_tiny | 60.0 |" in md and "| DINO-Twins | vit_micro | 24.0 |" in md
+    assert "| DINO-Twins | vit_micro | `--epochs 14 --epochs 6` |" in md  # Settings: its options on top
+    # kNN: 24 trails the raw pixels' 35; attention: 46.0 vs 29.7, noise 1.96·√(1.2² + 1.0²) = 3.1
+    assert "- **DINO-Twins vit_micro** (baseline: raw pixels at 32 px): below its baseline" in md
+    assert ("- **DINO-Twins vit_micro**, attention (best head's 60 % mask against the ground truth; baseline: "
+            "the random vit_micro; noise: the standard error over images): learned: Jaccard 46.0 % vs baseline "
+            "29.7 % (margin 16.3 points, noise ±3.1)") in md
+    assert "Not applicable to DINO-Twins (cnn_tiny): a convolutional backbone has no self-attention." in md
