@@ -134,31 +134,23 @@ def binomial_se(p: float, n: int | None) -> float | None:
 
 
 def summarise(records: list[dict], key: str) -> dict | None:
-    """Mean over the records (seeds) of one field, with its standard error: the binomial error of the
-    n test queries (the same queries for every seed, so more seeds do not shrink it) and, with
-    several seeds, the seed std of the mean (std / √seeds), added in quadrature. None without values."""
-    pairs = [(r[key], (r.get("n_test") or {}).get(key)) for r in records if _number(r.get(key)) is not None]
-    if not pairs:
+    """Mean over the records (seeds) of one field, with its standard error: the value's own where
+    every record carries one (`<key>_se`, e.g. the Jaccard's over images), else, for an accuracy, the
+    binomial error of the n test queries. Every seed measures on the same queries or images, so more
+    seeds do not shrink it; with several seeds the seed std of the mean (std / √seeds) is added in
+    quadrature. None without values."""
+    kept = [r for r in records if _number(r.get(key)) is not None]
+    if not kept:
         return None
-    mean, std = mean_std([v for v, _ in pairs])
-    ns = [n for _, n in pairs if n]
+    mean, std = mean_std([r[key] for r in kept])
+    ns = [n for r in kept if (n := (r.get("n_test") or {}).get(key))]
     n = min(ns) if ns else None
-    binomial = binomial_se(mean, n)
-    se = None if binomial is None else math.sqrt(binomial ** 2 + (std or 0.0) ** 2 / len(pairs))
-    return {"mean": mean, "std": std, "seeds": len(pairs), "n": n, "binomial_se": binomial, "se": se}
-
-
-def summarise_with_se(records: list[dict], key: str) -> dict | None:
-    """As `summarise`, for a value that carries its own standard error (`<key>_se`, e.g. the Jaccard's
-    over images): the se of the mean of the seeds' values, the seed std of the mean in quadrature."""
-    pairs = [(r[key], _number(r.get(f"{key}_se"))) for r in records if _number(r.get(key)) is not None]
-    if not pairs:
-        return None
-    mean, std = mean_std([v for v, _ in pairs])
-    ses = [e for _, e in pairs if e is not None]
-    se = (math.sqrt(sum(e * e for e in ses) / len(pairs) ** 2 + (std or 0.0) ** 2 / len(pairs))
-          if len(ses) == len(pairs) else None)
-    return {"mean": mean, "std": std, "seeds": len(pairs), "se": se}
+    own = [_number(r.get(f"{key}_se")) for r in kept]
+    own_se = sum(own) / len(own) if None not in own else None
+    binomial = binomial_se(mean, n) if own_se is None and key in ACCURACIES else None
+    measured = own_se if own_se is not None else binomial
+    se = None if measured is None else math.sqrt(measured ** 2 + (std or 0.0) ** 2 / len(kept))
+    return {"mean": mean, "std": std, "seeds": len(kept), "n": n, "binomial_se": binomial, "se": se}
 
 
 def verdict(method: dict | None, baseline: dict | None, name: str = "kNN") -> str:
@@ -430,7 +422,7 @@ class Report:
             self.add(row)
             verdicts.append(line)
         for t in (t for t in self.trained() if t.vit):  # and what its attention learned
-            own, init = (summarise_with_se(records, "jaccard_best_head")
+            own, init = (summarise(records, "jaccard_best_head")
                          for records in (self.records_of(t), self.rows_of(f"random init {t.arch}")))
             verdicts.append(f"- **{t.label}**, attention (best head's 60 % mask against "
                             f"the ground truth; baseline: the random {t.arch}; noise: the standard error over "
