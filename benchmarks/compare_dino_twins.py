@@ -7,14 +7,17 @@ weighted kNN and a linear probe (top-1 %, mean ± std over seeds).
     python benchmarks/compare_dino_twins.py --arch vit_tiny --patch-size 4 --batch-size 128   # its ViT-T/4 row
     python benchmarks/compare_dino_twins.py --methods dino_twins dino_twins_no_centering dino_no_centering \\
         dino_twins_no_sharpening dino_no_sharpening barlow_twins_multicrop     # the secondary claim's ablations
-    python benchmarks/compare_dino_twins.py --arch cnn_small --batch-size 128 --epochs 3      # CPU miniature, 45 min
+    python benchmarks/compare_dino_twins.py --arch cnn_small --batch-size 128 --epochs 3 \\
+        --local-crops-size 16 --bt-projector 512-512-512                    # CPU miniature, 33 min on 2 cores
     python benchmarks/compare_dino_twins.py --smoke                                      # seconds: the pipeline
 
 Each run trains through its method's own `train.py` `main(argv)` (engine, options, checkpoint), then
 `eval/knn.py` (k = 20, T = 0.07, train split as bank, test split as queries) and `eval/linear.py`
 (linear probe on frozen, standardised features; weight decay chosen on a held-out 20 %) score the
 checkpoint's backbone (DINO and DINO-Twins: the teacher's). Shared by every run: --data, --arch,
---patch-size, --image-size, --batch-size, --epochs, --warmup-epochs, the seed. As the seed did ("the
+--patch-size, --image-size, --batch-size, --epochs, --warmup-epochs, the seed; by DINO and DINO-Twins
+their crops (2 global, 3 local of --local-crops-size, by default resized to the global size as in
+the DINO-Twins repository). As the DINO-Twins project did ("the
 Dino Resnet-50 and Dino-Twins Resnet-50 models were trained with the same hyperparameters"), DINO
 gets DINO-Twins' DINO options (the original repository's, dino_twins/train.py ORIGINAL_DINO) and
 its optimiser (Adam, lr 5e-4 × batch/256, no weight decay); Barlow Twins keeps
@@ -143,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=int, default=None,
                    help="lr warm-up (and DINO's teacher-temperature warm-up) of every run (default: min(10, "
                         "epochs // 10); the original: 10 of 400)")
+    p.add_argument("--local-crops-size", type=int, default=None,
+                   help="side of the local crops of DINO and DINO-Twins alike (default: the global --image-size, "
+                        "as the DINO-Twins repository resizes them; DINO's own ratio is 96/224)")
     p.add_argument("--bt-projector", default="2048-2048-2048",
                    help="projector of Barlow Twins and of DINO-Twins' Barlow term (original: 2048 wide)")
     p.add_argument("--max-images", type=int, default=None, help="train on the first N images only")
@@ -168,6 +174,9 @@ def parse(argv=None) -> argparse.Namespace:
         args.workers = 0 if args.workers is None else args.workers
     if min(args.epochs, args.batch_size, args.image_size, args.linear_epochs) < 1:
         raise SystemExit("error: --epochs, --batch-size, --image-size and --linear-epochs must be >= 1")
+    if args.local_crops_size is not None and not 8 <= args.local_crops_size <= args.image_size:
+        raise SystemExit(f"error: --local-crops-size {args.local_crops_size} must be between 8 and --image-size "
+                         f"{args.image_size}")
     if args.warmup_epochs is None:
         args.warmup_epochs = min(10, args.epochs // 10)
     if not 0 <= args.warmup_epochs <= args.epochs:
@@ -196,6 +205,9 @@ def train_argv(args, name: str, extra: list[str], seed: int, run_dir: Path) -> l
 
         words += ["--min-lr", repr(0.1 * DEFAULTS["lr"] * args.batch_size / 256)]
     if module != "barlow_twins.train":
+        # The same local crops for DINO as for DINO-Twins: dino/train.py would otherwise pick its own
+        # smaller ones (96/224 of the global side), a quarter of the pixels of the original's.
+        words += ["--local-crops-size", str(args.local_crops_size or args.image_size)]
         words += ["--warmup-teacher-temp-epochs", str(args.warmup_epochs)]
         words += SMOKE_DINO if args.smoke else []
     if module == "dino_twins.train":
@@ -247,7 +259,8 @@ def main(argv=None) -> dict:
                 print(f"python {module}.py {' '.join(words)}")
         return {}
     settings = {k: getattr(args, k) for k in ("data", "data_root", "arch", "patch_size", "image_size", "batch_size",
-                                                "epochs", "warmup_epochs", "seeds", "bt_projector", "max_images",
+                                                "epochs", "warmup_epochs", "seeds", "local_crops_size",
+                                                "bt_projector", "max_images",
                                                 "knn_max_train", "knn_max_test", "linear_epochs", "smoke")}
     results = {}
     for name in args.methods:

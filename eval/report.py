@@ -202,6 +202,7 @@ class Trained(NamedTuple):
     method: str
     arch: str | None
     main: bool
+    base: str | None  # the backbone of its baselines: arch, or arch-L for an L-input network (pipeline.INPUT)
 
     @property
     def label(self) -> str:
@@ -244,16 +245,20 @@ class Report:
 
     def trained(self) -> list[Trained]:
         """Every training run's row, each method's in METHOD_ORDER: its profile backbone, then its second."""
-        train, also = self.m["settings"]["train"], self.m["settings"].get("also", {})
+        settings = self.m["settings"]
+        train, also, bases = settings["train"], settings.get("also", {}), settings.get("baselines", {})
         out = []
         for method in self.methods():
-            out.append(Trained(method, method, (train.get(method) or [None])[0], True))
+            arch = (train.get(method) or [None])[0]
+            out.append(Trained(method, method, arch, True, bases.get(method, arch)))
             if method in also:
-                out.append(Trained(f"{method} {also[method][0]}", method, also[method][0], False))
+                row, arch = f"{method} {also[method][0]}", also[method][0]
+                out.append(Trained(row, method, arch, False, bases.get(row, arch)))
         return out
 
-    def archs(self) -> list[str | None]:
-        return list(dict.fromkeys(t.arch for t in self.trained()))
+    def bases(self) -> list[str | None]:
+        """The backbones of the baselines, in the order of the runs judged against them."""
+        return list(dict.fromkeys(t.base for t in self.trained()))
 
     def run_dir(self, row: str, seed: int) -> Path | None:
         steps = self.find(row, "train", seed)
@@ -294,12 +299,12 @@ class Report:
             for seed in seeds:
                 r = new_record(t.method, t.arch, seed)
                 for key, (kind, _, _) in FIELDS.items():
-                    self.fill(r, key, self.find(f"supervised {t.arch}" if kind == "scratch" else t.row, kind, seed))
+                    self.fill(r, key, self.find(f"supervised {t.base}" if kind == "scratch" else t.row, kind, seed))
                 run = self.run_dir(t.row, seed)
                 r["pretext"] = pretext(t.method, run) if run else None
                 out.append(r)
-        for arch in self.archs():
-            vits = [t.row for t in self.trained() if t.arch == arch and t.vit]
+        for arch in self.bases():
+            vits = [t.row for t in self.trained() if t.base == arch and t.vit]
             for seed in seeds:
                 r = new_record(f"random init {arch}", arch, seed)
                 for key in ("knn_top1", "linear_10", "linear_100"):
@@ -409,7 +414,8 @@ class Report:
                  "Accuracies in % from `results.json`, ± the 95 % binomial band 1.96·√(p(1−p)/n) of the n test "
                  "queries (with several seeds, the seed std beside it). A method has learned something when its "
                  "kNN top-1 beats the better of its baselines — the randomly initialised network of the same "
-                 "backbone and the raw pixels at the same image size — by more than the 95 % noise of the "
+                 "backbone and input (`-L`: Colorization's network, which sees the lightness only) and the raw "
+                 "pixels at the same image size — by more than the 95 % noise of the "
                  "difference, 1.96·√(se₁² + se₂²) (se: the binomial standard error, with the seed std of the mean "
                  "in quadrature when several seeds ran); *below* when it trails by as much. Pretext: the task's own "
                  "score at the end of training beside its chance level.", "",
@@ -423,7 +429,7 @@ class Report:
             verdicts.append(line)
         for t in (t for t in self.trained() if t.vit):  # and what its attention learned
             own, init = (summarise(records, "jaccard_best_head")
-                         for records in (self.records_of(t), self.rows_of(f"random init {t.arch}")))
+                         for records in (self.records_of(t), self.rows_of(f"random init {t.base}")))
             verdicts.append(f"- **{t.label}**, attention (best head's 60 % mask against "
                             f"the ground truth; baseline: the random {t.arch}; noise: the standard error over "
                             f"images): {verdict(own, init, 'Jaccard')}")
@@ -432,11 +438,11 @@ class Report:
     def _reading_row(self, t: Trained) -> tuple[str, str]:
         """(the Reading's table row, its verdict line) of one training run."""
         arch = t.arch
-        own, init = self.records_of(t), self.rows_of(f"random init {arch}")
+        own, init = self.records_of(t), self.rows_of(f"random init {t.base}")
         size = next((r["image_size"] for r in own if r["image_size"]), None)
         pixels = self.rows_of("raw pixels", image_size=size) if size else []
         knn = summarise(own, "knn_top1")
-        bases = {name: s for name, s in ((f"random init {arch}", summarise(init, "knn_top1")),
+        bases = {name: s for name, s in ((f"random init {t.base}", summarise(init, "knn_top1")),
                                          (f"raw pixels at {size} px", summarise(pixels, "knn_top1"))) if s}
         best = max(bases, key=lambda b: bases[b]["mean"], default=None)
         jaccard = f"{_mean(own, 'jaccard_best_head')} / {_mean(init, 'jaccard_best_head')}" if t.vit else "—"
@@ -461,7 +467,8 @@ class Report:
                  "+ linear head on 20 % of the labels; *supervised from scratch*: the same backbone, random "
                  "initialisation, same 20 % and schedule (DINO on Imagenette with 20 % labels against supervised "
                  "from scratch, as in 'A Deep Dive into the DINO Algorithm'). Baseline rows: the randomly "
-                 "initialised network of each backbone (the first run's epoch-0 snapshot), supervised training, "
+                 "initialised network of each backbone (the first run's epoch-0 snapshot; `-L`: the network that sees "
+                 "the lightness only, Colorization's), supervised training of the same network, "
                  "and the raw pixels (the eval view flattened, each channel standardised) at each image size. "
                  "`—`: does not apply (e.g. Jaccard needs a ViT); *failed* / *blocked* / *missing*: see Not run. "
                  "Every number, per seed and with its test count, is in `results.json`.",
@@ -470,7 +477,7 @@ class Report:
         self.add("| " + " | ".join(header) + " |", "|" + "---|" * len(header))
         rows = [(TITLES[t.method], t.arch, self.records_of(t), t.label) for t in self.trained()]
         rows += [("random init (baseline)", arch, self.rows_of(f"random init {arch}"), f"random init {arch}")
-                 for arch in self.archs()]
+                 for arch in self.bases()]
         rows += [("raw pixels (baseline)", f"{size} px", self.rows_of("raw pixels", image_size=size),
                   f"raw pixels {size} px") for size in self.pixel_sizes()]
         for title, backbone, records, _ in rows:

@@ -314,9 +314,10 @@ def test_benchmark_trains_every_method_on_equal_terms(compare):
     shared = ("data", "data_root", "arch", "image_size", "batch_size", "epochs", "warmup_epochs", "seed", "eval_every")
     for key in shared:
         assert resolved["dino"][key] == resolved["barlow_twins"][key] == resolved["dino_twins"][key], key
-    # DINO trains with DINO-Twins' DINO options and optimiser, as the DINO-Twins comparison did.
-    # (local_crops_size: DINO-Twins resolves its unset value to --image-size at build time)
-    for key in (*(k for k in dt_train.ORIGINAL_DINO if k != "local_crops_size"), "lr", "optimizer", "weight_decay",
+    # DINO trains with DINO-Twins' DINO options and optimiser, as the DINO-Twins comparison did,
+    # local crops included: resized to the global 32 px, not dino/train.py's own 16 px.
+    assert resolved["dino"]["local_crops_size"] == resolved["dino_twins"]["local_crops_size"] == 32
+    for key in (*dt_train.ORIGINAL_DINO, "lr", "optimizer", "weight_decay",
                 "weight_decay_end", "clip_grad", "drop_path", "warmup_teacher_temp_epochs"):
         same = [tuple(v) if isinstance(v, (list, tuple)) else v for v in (resolved["dino"][key],
                                                                            resolved["dino_twins"][key])]
@@ -324,6 +325,12 @@ def test_benchmark_trains_every_method_on_equal_terms(compare):
     assert resolved["dino"]["min_lr"] == pytest.approx(0.1 * 3e-4 * 64 / 256)
     assert resolved["barlow_twins"]["projector"] == resolved["dino_twins"]["bt_projector"] == "2048-2048-2048"
     assert resolved["barlow_twins"]["optimizer"] == "lars"  # its own paper recipe otherwise
+    small = compare.parse(["--local-crops-size", "16"])  # the CPU miniature's: both methods alike
+    for name in ("dino", "dino_twins"):
+        argv = compare.train_argv(small, name, compare.variants(small.bt_projector)[name][1], 0, Path("r"))
+        assert argv[argv.index("--local-crops-size") + 1] == "16" and argv.count("--local-crops-size") == 1
+    with pytest.raises(SystemExit, match="--local-crops-size 40 must be between 8 and --image-size 32"):
+        compare.parse(["--local-crops-size", "40"])
 
 
 def test_benchmark_table_is_mean_and_sample_std_over_seeds(compare):

@@ -160,7 +160,10 @@ def test_cpu_profile_also_trains_dino_twins_on_the_small_vit(tmp_path):
     assert (cnn.row, vit.row) == ("dino_twins", "dino_twins vit_micro") and cnn.out != vit.out
     # the method's cpu recipe with the ViT's own options on top: each option once, the last value wins
     assert "--arch vit_micro" in vit.command() and "--patch-size 4" in vit.command()
-    assert vit.args.count("--epochs") == 1 and vit.args[vit.args.index("--epochs") + 1] == "6"
+    assert vit.args.count("--epochs") == 1 and vit.args[vit.args.index("--epochs") + 1] == "8"
+    for run in (cnn, vit, by_id["dino/s0/train"]):  # DINO and DINO-Twins see the same 16 px local crops
+        assert run.args[run.args.index("--local-crops-size") + 1] == "16"
+    assert vit.args[vit.args.index("--drop-path") + 1] == "0" and "--drop-path" not in cnn.args
     assert "--local-crops-number 2" in vit.command() and "--bt-projector 512-512-512" in vit.command()
     for kind in ("knn", "linear", "finetune", "tsne", "retrieval", "attention", "jaccard"):
         assert by_id[f"dino_twins/vit_micro/s0/{kind}"].needs == [vit.id]
@@ -169,6 +172,21 @@ def test_cpu_profile_also_trains_dino_twins_on_the_small_vit(tmp_path):
     base = by_id["baselines/vit_micro/s0/knn"]  # the random ViT: the ViT run's initialisation snapshot
     assert base.row == "random init vit_micro" and str(vit.out / "snapshots" / "epoch0000.pt") in base.command()
     assert by_id["baselines/vit_micro/s0/scratch"].row == "supervised vit_micro"
+
+
+def test_colorization_is_judged_against_its_own_lightness_network(tmp_path):
+    """Colorization's backbone sees L only: its random-init and supervised baselines are that network
+    (its own epoch-0 snapshot), not the RGB one the other methods start from."""
+    cfg = pipeline.parse_args(["--profile", "cpu", "--runs", str(tmp_path)])
+    by_id = {s.id: s for s in pipeline.plan(cfg)}
+    colorization, dino = by_id["colorization/s0/train"], by_id["dino/s0/train"]
+    for kind, row in (("knn", "random init cnn_tiny-L"), ("linear", "random init cnn_tiny-L"),
+                      ("scratch", "supervised cnn_tiny-L")):
+        lab, rgb = by_id[f"baselines/cnn_tiny-L/s0/{kind}"], by_id[f"baselines/cnn_tiny/s0/{kind}"]
+        assert (lab.row, lab.needs, rgb.needs) == (row, [colorization.id], [dino.id])
+    assert str(colorization.out / "snapshots" / "epoch0000.pt") in by_id["baselines/cnn_tiny-L/s0/knn"].command()
+    assert str(dino.out / "snapshots" / "epoch0000.pt") in by_id["baselines/cnn_tiny/s0/knn"].command()
+    assert {pipeline.baseline_key(m, "cnn_tiny") for m in pipeline.METHODS} == {"cnn_tiny", "cnn_tiny-L"}
 
 
 def test_options_errors_are_one_line():

@@ -168,6 +168,44 @@ def test_noise_band_and_verdict_on_known_numbers():
     assert report.summarise([{"knn_top1": None, "n_test": {}}], "knn_top1") is None
 
 
+def test_colorization_stands_beside_the_random_lightness_network(tmp_path):
+    """The Reading judges Colorization against the random network it started from, the one that sees
+    L only (`random init cnn_tiny-L`), and its fine-tuning against that network from scratch."""
+    steps = []
+
+    def step(id_, row, kind, result=None):
+        add_step(steps, tmp_path, id_, row, kind, 0, "ok", result, wall_s=2.0)
+
+    def knn(top1):
+        return {"top1": top1, "n_test": 1000, "n_train": 5000, "num_classes": 10, "image_size": 32}
+
+    for method, top1 in (("barlow_twins", 57.0), ("colorization", 23.0)):
+        step(f"{method}/s0/train", method, "train")
+        step(f"{method}/s0/knn", method, "knn", knn(top1))
+        step(f"{method}/s0/finetune", method, "finetune", {"top1": 90.0, "n_test": 1000})
+    for base, top1, scratch in (("cnn_tiny", 26.0, 89.0), ("cnn_tiny-L", 45.6, 80.0)):
+        step(f"baselines/{base}/s0/knn", f"random init {base}", "knn", knn(top1))
+        step(f"baselines/{base}/s0/scratch", f"supervised {base}", "scratch", {"top1": scratch, "n_test": 1000})
+    step("baselines/pixels32/s0/knn", "raw pixels", "knn", knn(35.0))
+    train = {"barlow_twins": ["cnn_tiny", ""], "colorization": ["cnn_tiny", ""]}
+    manifest = {"command": "./run_all.sh --profile cpu", "profile": "cpu", "methods": list(train), "seeds": [0],
+                "runs": str(tmp_path), "data": "shapes", "eval_data": "shapes", "mask_data": "shapes",
+                "device": "cpu", "launcher": "fork", "started": "now", "wall_s": 1.0, "host": {},
+                "settings": {"common_train": "", "train": train, "eval": {}, "protocol": pipeline.PROTOCOL,
+                             "baselines": {"barlow_twins": "cnn_tiny", "colorization": "cnn_tiny-L"}},
+                "steps": steps}
+    md = report.write_report(manifest, tmp_path / "reports").read_text()
+    records = {(r["method"], r["backbone"]): r
+               for r in json.loads((tmp_path / "reports" / "results.json").read_text())["records"]}
+    assert records[("colorization", "cnn_tiny")]["scratch_20"] == 80.0
+    assert records[("barlow_twins", "cnn_tiny")]["scratch_20"] == 89.0
+    assert records[("random init cnn_tiny-L", "cnn_tiny-L")]["knn_top1"] == 45.6
+    assert "| Colorization (cnn_tiny) | 23.0 ± 2.6 (n = 1000) | 45.6 ± 3.1 | 35.0 ± 3.0 |" in md
+    assert "- **Colorization** (baseline: random init cnn_tiny-L): below its baseline: kNN 23.0 %" in md
+    assert "- **Barlow Twins** (baseline: raw pixels at 32 px): learned" in md
+    assert "| random init (baseline) | cnn_tiny-L | 45.6 |" in md
+
+
 def test_a_method_on_a_second_backbone_is_a_row_of_its_own(tmp_path):
     """DINO-Twins on cnn_tiny (its profile backbone) and on vit_micro (ALSO): one record each, both
     in the tables, the ViT's Jaccard judged against the random ViT with the noise over images."""
