@@ -82,7 +82,7 @@ RECIPES = {
                                   "warmup_teacher_temp_epochs": 0, "bt_projector": "64-64-64"}, bench=_SMOKE_BENCH),
     },
     "cpu": {
-        "byol": dict(train={**_CPU_TRAIN, "epochs": 12, "weight_decay": 1e-4, "tau": 0.99, "hidden_dim": 1024,
+        "byol": dict(train={**_CPU_TRAIN, "epochs": 12, "weight_decay": 1e-4, "tau": 0.97, "hidden_dim": 1024,
                             "out_dim": 256}, bench=_CPU_BENCH),
         "barlow_twins": dict(train={**_CPU_TRAIN, "epochs": 16, "lr_biases": 4e-3, "weight_decay": 1e-4,
                                     "projector": "1024-1024-1024"}, bench=_CPU_BENCH),

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_color_arguments(g)
     g.add_argument("--tau", type=float, default=0.996,
                    help="base decay rate τ of the target EMA, raised to 1 on a per-step cosine (paper: 0.996 "
-                        "for 1000 epochs; use about 0.99 for short runs so that the target keeps up)")
+                        "for 1000 epochs; use 0.97-0.99 for short runs so that the target keeps up: the cpu recipe "
+                        "has 0.97)")
     g.add_argument("--hidden-dim", type=int, default=4096, help="hidden width of projector and predictor (paper: 4096)")
     g.add_argument("--out-dim", type=int, default=256, help="projection / prediction size (paper: 256)")
 
