@@ -174,7 +174,9 @@ def parse(argv=None) -> argparse.Namespace:
         args.workers = 0 if args.workers is None else args.workers
     if min(args.epochs, args.batch_size, args.image_size, args.linear_epochs) < 1:
         raise SystemExit("error: --epochs, --batch-size, --image-size and --linear-epochs must be >= 1")
-    if args.local_crops_size is not None and not 8 <= args.local_crops_size <= args.image_size:
+    if args.local_crops_size is None:  # resolved here, so that the recorded settings name the size used
+        args.local_crops_size = args.image_size
+    if not 8 <= args.local_crops_size <= args.image_size:
         raise SystemExit(f"error: --local-crops-size {args.local_crops_size} must be between 8 and --image-size "
                          f"{args.image_size}")
     if args.warmup_epochs is None:
@@ -207,7 +209,7 @@ def train_argv(args, name: str, extra: list[str], seed: int, run_dir: Path) -> l
     if module != "barlow_twins.train":
         # The same local crops for DINO as for DINO-Twins: dino/train.py would otherwise pick its own
         # smaller ones (96/224 of the global side), a quarter of the pixels of the original's.
-        words += ["--local-crops-size", str(args.local_crops_size or args.image_size)]
+        words += ["--local-crops-size", str(args.local_crops_size)]
         words += ["--warmup-teacher-temp-epochs", str(args.warmup_epochs)]
         words += SMOKE_DINO if args.smoke else []
     if module == "dino_twins.train":

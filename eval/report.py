@@ -437,17 +437,16 @@ class Report:
 
     def _reading_row(self, t: Trained) -> tuple[str, str]:
         """(the Reading's table row, its verdict line) of one training run."""
-        arch = t.arch
         own, init = self.records_of(t), self.rows_of(f"random init {t.base}")
         size = next((r["image_size"] for r in own if r["image_size"]), None)
         pixels = self.rows_of("raw pixels", image_size=size) if size else []
-        knn = summarise(own, "knn_top1")
-        bases = {name: s for name, s in ((f"random init {t.base}", summarise(init, "knn_top1")),
-                                         (f"raw pixels at {size} px", summarise(pixels, "knn_top1"))) if s}
+        knn, init_knn, pixels_knn = (summarise(records, "knn_top1") for records in (own, init, pixels))
+        bases = {name: s for name, s in ((f"random init {t.base}", init_knn),
+                                         (f"raw pixels at {size} px", pixels_knn)) if s}
         best = max(bases, key=lambda b: bases[b]["mean"], default=None)
         jaccard = f"{_mean(own, 'jaccard_best_head')} / {_mean(init, 'jaccard_best_head')}" if t.vit else "—"
-        row = (f"| {TITLES[t.method]} ({arch}) | {band(knn, with_n=True)} | {band(summarise(init, 'knn_top1'))} | "
-               f"{band(summarise(pixels, 'knn_top1'))} | {_mean(own, 'linear_10')} / {_mean(own, 'linear_100')} | "
+        row = (f"| {TITLES[t.method]} ({t.arch}) | {band(knn, with_n=True)} | {band(init_knn)} | "
+               f"{band(pixels_knn)} | {_mean(own, 'linear_10')} / {_mean(own, 'linear_100')} | "
                f"{_mean(own, 'finetune_20')} / {_mean(own, 'scratch_20')} | {jaccard} | "
                f"{_mean(own, 'tsne_silhouette_first', 2)} → {_mean(own, 'tsne_silhouette_last', 2)} | "
                f"{_pretext_text(own)} |")
