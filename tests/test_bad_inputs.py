@@ -126,9 +126,9 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def dino_run(tmp_path_factory, data_root):
+def dino_run(module_tmp, data_root):
     """One tiny DINO run (2 steps) whose directory every case copies (checkpoint hard-linked)."""
-    out = tmp_path_factory.mktemp("dino-run")
+    out = module_tmp("dino-run")
     cmd = [PY, "dino/train.py", *[a.replace("{data}", str(data_root)) for a in TINY], *DINO_RUN, "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -153,9 +153,9 @@ def crafted_checkpoint(path: Path, marker: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def results(dino_run, tmp_path_factory, data_root):
+def results(dino_run, module_tmp, data_root):
     """Run every case (two processes at a time): id -> (process, digest before, digest after, markers)."""
-    base = tmp_path_factory.mktemp("cases")
+    base = module_tmp("cases")
     (base / "a-file").write_text("not a folder\n")
 
     def run(case):
@@ -294,13 +294,13 @@ def assert_same_run(out, reference):
 
 
 @pytest.fixture(scope="module")
-def signal_runs(tmp_path_factory, data_root):
+def signal_runs(module_tmp, data_root):
     """The uninterrupted reference, each selected moment killed then resumed, and a SIGTERM and a
     SIGINT stop, two processes at a time: name -> (folder, processes, checkpoint step after the stop,
     temporary files left by the stop)."""
     from common.checkpoint import load_checkpoint
 
-    base = tmp_path_factory.mktemp("signals")
+    base = module_tmp("signals")
 
     def job(name, kill_at=None, signal_name="SIGKILL", resume=False):
         out = base / name

@@ -135,10 +135,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ddp_results(tmp_path_factory):
+def ddp_results(module_tmp):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    out = tmp_path_factory.mktemp("ddp")
+    out = module_tmp("ddp")
     # fork (where there is one) spares each child the import of torch; the process group is only
     # created in the children
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"

@@ -40,9 +40,9 @@ def assert_same_state(a, b):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, data_root):
+def straight(module_tmp, data_root):
     """Reference: 8 steps (2 epochs of 4) in one go."""
-    out = tmp_path_factory.mktemp("straight")
+    out = module_tmp("straight")
     summary = run_toy(out, data_root)
     assert summary["step"] == 8
     return out

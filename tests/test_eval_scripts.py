@@ -26,9 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
+def ckpts(module_tmp):
     """A ViT-tiny/8 and a ResNet-18 at 16 px in the common checkpoint format (random weights)."""
-    folder = tmp_path_factory.mktemp("ckpts")
+    folder = module_tmp("ckpts")
     paths = {}
     for arch, method in (("vit_tiny", "dino"), ("resnet18", "byol")):
         torch.manual_seed(0)

@@ -41,8 +41,8 @@ def official_full_checkpoint(state: dict, teacher_offset: float = 1.0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def vit_small_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("released")
+def vit_small_files(module_tmp):
+    folder = module_tmp("released")
     torch.manual_seed(0)
     state = build_backbone("vit_small", image_size=224, patch_size=16).state_dict()
     torch.save(state, folder / "dino_deitsmall16_pretrain.pth")
@@ -202,10 +202,10 @@ def test_init_copies_released_weights_into_every_backbone(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_released(tmp_path_factory):
+def tiny_released(module_tmp):
     """A ViT-T/8 at 16 px in the official backbone and training-checkpoint layouts, and a DINO
     ResNet-50 backbone (its 7×7 ImageNet stem) in the official layout."""
-    folder = tmp_path_factory.mktemp("tiny")
+    folder = module_tmp("tiny")
     torch.manual_seed(0)
     vit = build_backbone("vit_tiny", image_size=16, patch_size=8).state_dict()
     torch.save(vit, folder / "vit.pth")

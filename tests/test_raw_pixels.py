@@ -22,10 +22,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(module_tmp):
     """train/<class>/*.png (5 per class) and test/<class>/*.png (3 per class), 8×8 random RGB with a
     per-class tint, so that pixels carry some signal; already at SIZE, so the eval view is the file."""
-    root = tmp_path_factory.mktemp("pixels")
+    root = module_tmp("pixels")
     rng = np.random.default_rng(0)
     for split, count in (("train", 5), ("test", 3)):
         for c, name in enumerate(CLASSES):

@@ -35,9 +35,9 @@ def images(md: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, data_root):
+def smoke(module_tmp, data_root):
     """One smoke run shared by the tests below, which then run it again in the same folders."""
-    tmp = tmp_path_factory.mktemp("run_all")
+    tmp = module_tmp("run_all")
     args = ["--profile", "smoke", "--runs", str(tmp / "runs"), "--out", str(tmp / "reports"),
             "--data-root", str(data_root)]
     first = run_all(*args)
